@@ -1,0 +1,553 @@
+"""LightningDataModules for image classification: scikit-learn digits, CIFAR-10/100 and ImageNet.
+
+Every module yields ``(images float32 [B, C, H, W] normalised, labels int64 [B])`` and exposes
+``num_classes``, ``in_channels`` and ``image_size`` right after construction so that models can be
+built before ``setup``. Nothing is ever downloaded: missing or malformed data raises
+:class:`~tasks.common.data.DataError` with the expected layout and the data's source.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, TensorDataset
+from torchvision import transforms as T
+from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from tasks.common.data import DataError, data_error, make_loader, require_paths
+
+__all__ = ["DigitsDataModule", "CIFARDataModule", "ImageNetDataModule"]
+
+
+# --------------------------------------------------------------------------------------------------
+# scikit-learn digits
+# --------------------------------------------------------------------------------------------------
+
+
+class _RandomShift:
+    """Translate a [C, H, W] tensor by up to ``max_shift`` pixels, filling with ``fill``."""
+
+    def __init__(self, max_shift: int, fill: float) -> None:
+        self.max_shift = max_shift
+        self.fill = fill
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.max_shift
+        if m <= 0:
+            return x
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (m, m, m, m), value=self.fill)
+        dy, dx = torch.randint(0, 2 * m + 1, (2,)).tolist()
+        return padded[..., dy : dy + h, dx : dx + w]
+
+
+class _TransformedTensorDataset(Dataset):
+    """In-memory (images, labels) with a per-sample image transform."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+class DigitsDataModule(L.LightningDataModule):
+    """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes, no download).
+
+    A fixed stratified train/val/test split (seeded by ``split_seed`` only, independent of the
+    global torch seed). Pixels are scaled to [0, 1], upsampled once to ``image_size`` (bilinear,
+    ``align_corners=False``) and normalised with the training split's mean/std. ``val_fraction``
+    and ``test_fraction`` are fractions of the whole data set.
+    """
+
+    NUM_SAMPLES = 1797
+
+    def __init__(
+        self,
+        image_size: int = 32,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.2,
+        split_seed: int = 0,
+        augment: bool = False,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise ValueError(
+                f"need 0 < val_fraction, test_fraction and val_fraction + test_fraction < 1, "
+                f"got {val_fraction}, {test_fraction}"
+            )
+        self.image_size = int(image_size)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
+        self.augment = augment
+        self.pin_memory = pin_memory
+        self.num_classes = 10
+        self.in_channels = 1
+        self.split_indices: dict[str, np.ndarray] | None = None
+        self.mean: float | None = None
+        self.std: float | None = None
+        self.train_dataset = self.val_dataset = self.test_dataset = None
+
+    def prepare_data(self) -> None:
+        """Nothing to do: the data ships with scikit-learn."""
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        x = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)  # [N,1,8,8]
+        y = np.asarray(digits.target, dtype=np.int64)
+        n = len(y)
+        idx = np.arange(n)
+        # Absolute counts so that both fractions refer to the whole data set.
+        n_test = round(self.test_fraction * n)
+        n_val = round(self.val_fraction * n)
+        trainval, test = train_test_split(
+            idx, test_size=n_test, stratify=y, random_state=self.split_seed
+        )
+        train, val = train_test_split(
+            trainval, test_size=n_val, stratify=y[trainval], random_state=self.split_seed
+        )
+        self.split_indices = {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+        # Upsample once up front: cheaper than per-batch resizing and keeps the data deterministic.
+        x = F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
+        train_x = x[self.split_indices["train"]]
+        self.mean = float(train_x.mean())
+        self.std = float(train_x.std())
+        x = (x - self.mean) / self.std
+        labels = torch.from_numpy(y)
+
+        def subset(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+            i = torch.from_numpy(self.split_indices[name])
+            return x[i].contiguous(), labels[i].contiguous()
+
+        train_x, train_y = subset("train")
+        if self.augment:
+            # Background (pixel 0) after normalisation, so shifted-in borders look like background.
+            shift = _RandomShift(self.image_size // 8, fill=-self.mean / self.std)
+            self.train_dataset = _TransformedTensorDataset(train_x, train_y, shift)
+        else:
+            self.train_dataset = TensorDataset(train_x, train_y)
+        self.val_dataset = TensorDataset(*subset("val"))
+        self.test_dataset = TensorDataset(*subset("test"))
+
+    def _loader(self, dataset, shuffle: bool):
+        return make_loader(
+            dataset,
+            self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self):
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_dataset, shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_dataset, shuffle=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# CIFAR-10 / CIFAR-100
+# --------------------------------------------------------------------------------------------------
+
+CIFAR_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar.html (python version, e.g. cifar-10-python.tar.gz)"
+
+_CIFAR_SPECS: dict[str, dict[str, Any]] = {
+    "cifar10": {
+        "name": "CIFAR-10",
+        "base": CIFAR10,
+        "folder": "cifar-10-batches-py",
+        "train": [f"data_batch_{i}" for i in range(1, 6)],
+        "test": ["test_batch"],
+        "meta": "batches.meta",
+        "meta_key": "label_names",
+        "label_key": "labels",
+        "num_classes": 10,
+        "mean": (0.4914, 0.4822, 0.4465),
+        "std": (0.2470, 0.2435, 0.2616),
+    },
+    "cifar100": {
+        "name": "CIFAR-100",
+        "base": CIFAR100,
+        "folder": "cifar-100-python",
+        "train": ["train"],
+        "test": ["test"],
+        "meta": "meta",
+        "meta_key": "fine_label_names",
+        "label_key": "fine_labels",
+        "num_classes": 100,
+        "mean": (0.5071, 0.4865, 0.4409),
+        "std": (0.2673, 0.2564, 0.2762),
+    },
+}
+
+
+def _cifar_layout(spec: dict[str, Any]) -> str:
+    files = spec["train"] + spec["test"] + [spec["meta"]]
+    return "\n".join([f"{spec['folder']}/"] + [f"    {f}" for f in files])
+
+
+def _cifar_files(spec: dict[str, Any]) -> list[str]:
+    return [f"{spec['folder']}/{f}" for f in spec["train"] + spec["test"] + [spec["meta"]]]
+
+
+def _unpickle(path: Path) -> dict[str, Any]:
+    """Load a CIFAR pickle; keys normalised to ``str`` (Python-2 pickles give str, Python-3 bytes)."""
+    with open(path, "rb") as f:
+        # latin1 is what the Python-2 pickled numpy arrays of the official files need.
+        entry = pickle.load(f, encoding="latin1")
+    if not isinstance(entry, dict):
+        raise ValueError(f"expected a pickled dict, got {type(entry).__name__}")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+
+
+def _as_str(name: Any) -> str:
+    return name.decode("latin1") if isinstance(name, bytes) else str(name)
+
+
+class _CheckedCIFARMixin:
+    """Reads the official CIFAR python pickles without torchvision's md5 check, validating content.
+
+    torchvision's loader refuses any file whose md5 differs from the official archive (so also
+    small test fixtures) and gives no hint which file is broken; this reads the same format and
+    raises :class:`DataError` naming the offending file.
+    """
+
+    spec: dict[str, Any]
+
+    def __init__(self, root: str | os.PathLike, train: bool = True, transform=None) -> None:
+        # Bypass CIFAR10.__init__ (md5 check + its own loading); keep everything else it provides.
+        super(CIFAR10, self).__init__(root, transform=transform)
+        self.train = train
+        spec = self.spec
+        folder = Path(root) / spec["folder"]
+        n_cls = spec["num_classes"]
+
+        datas, targets = [], []
+        for name in spec["train"] if train else spec["test"]:
+            path = folder / name
+            entry = self._read(path)
+            data = entry.get("data")
+            labels = entry.get(spec["label_key"])
+            if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+                desc = (
+                    f"array {data.dtype} {list(data.shape)}"
+                    if isinstance(data, np.ndarray)
+                    else type(data).__name__
+                )
+                self._fail(path, f"'data' must be a uint8 array of shape [N, 3072], got {desc}")
+            if labels is None:
+                self._fail(path, f"missing key '{spec['label_key']}'")
+            labels = np.asarray(labels)
+            if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+                self._fail(
+                    path,
+                    f"'{spec['label_key']}' must hold {data.shape[0]} integer labels, "
+                    f"got shape {list(labels.shape)} dtype {labels.dtype}",
+                )
+            if labels.size and (labels.min() < 0 or labels.max() >= n_cls):
+                self._fail(path, f"labels must lie in [0, {n_cls}), got [{labels.min()}, {labels.max()}]")
+            datas.append(data)
+            targets.extend(int(t) for t in labels)
+
+        # Rows are channel-major (1024 R, 1024 G, 1024 B), each 32x32 row-major; store HWC for PIL.
+        self.data = np.vstack(datas).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
+        self.targets = targets
+        self._load_meta()
+
+    def _load_meta(self) -> None:
+        spec = self.spec
+        path = Path(self.root) / spec["folder"] / spec["meta"]
+        meta = self._read(path)
+        names = meta.get(spec["meta_key"])
+        if not isinstance(names, (list, tuple)) or len(names) != spec["num_classes"]:
+            got = len(names) if isinstance(names, (list, tuple)) else type(names).__name__
+            self._fail(path, f"'{spec['meta_key']}' must list {spec['num_classes']} class names, got {got}")
+        self.classes = [_as_str(n) for n in names]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    def _check_integrity(self) -> bool:
+        # Content is validated while reading instead of by md5 (see class docstring).
+        return True
+
+    def download(self) -> None:
+        raise DataError(f"{self.spec['name']}: downloading is disabled; see {CIFAR_SOURCE}")
+
+    def _read(self, path: Path) -> dict[str, Any]:
+        try:
+            return _unpickle(path)
+        except DataError:
+            raise
+        except Exception as e:  # any unpickling failure means a corrupt or foreign file
+            self._fail(path, f"cannot unpickle ({type(e).__name__}: {e})", cause=e)
+
+    def _fail(self, path: Path, problem: str, cause: Exception | None = None):
+        spec = self.spec
+        err = data_error(
+            spec["name"],
+            f"malformed file {path}: {problem}",
+            root=self.root,
+            layout=_cifar_layout(spec),
+            source=CIFAR_SOURCE,
+        )
+        raise err from cause
+
+
+class _CheckedCIFAR10(_CheckedCIFARMixin, CIFAR10):
+    spec = _CIFAR_SPECS["cifar10"]
+
+
+class _CheckedCIFAR100(_CheckedCIFARMixin, CIFAR100):
+    spec = _CIFAR_SPECS["cifar100"]
+
+
+_CIFAR_DATASETS = {"cifar10": _CheckedCIFAR10, "cifar100": _CheckedCIFAR100}
+
+
+class CIFARDataModule(L.LightningDataModule):
+    """CIFAR-10 / CIFAR-100 from the official python pickle batches under ``root``.
+
+    Expected layout: ``root/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}`` or
+    ``root/cifar-100-python/{train, test, meta}``. Validation and test both use the official test
+    set (there is no separate validation split, as in the Fast-SNN paper). Train augmentation is
+    RandomCrop(32, padding=4) + horizontal flip; normalisation uses the usual per-variant mean/std.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        variant: str = "cifar10",
+        batch_size: int = 128,
+        num_workers: int = 4,
+        augment: bool = True,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if variant not in _CIFAR_SPECS:
+            raise ValueError(f"variant must be one of {sorted(_CIFAR_SPECS)}, got {variant!r}")
+        self.root = Path(root).expanduser()
+        self.variant = variant
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.augment = augment
+        self.pin_memory = pin_memory
+        spec = _CIFAR_SPECS[variant]
+        self.num_classes = spec["num_classes"]
+        self.in_channels = 3
+        self.image_size = 32
+        self.mean, self.std = spec["mean"], spec["std"]
+        self.train_dataset = self.test_dataset = None
+
+    @property
+    def val_dataset(self):
+        # Validation uses the official test batch.
+        return self.test_dataset
+
+    def _transforms(self, train: bool):
+        ops = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if train and self.augment else []
+        return T.Compose(ops + [T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def prepare_data(self) -> None:
+        """Never downloads; only checks that the files are in place."""
+        self._check_layout()
+
+    def _check_layout(self) -> None:
+        spec = _CIFAR_SPECS[self.variant]
+        require_paths(self.root, _cifar_files(spec), spec["name"], _cifar_layout(spec), CIFAR_SOURCE)
+
+    def setup(self, stage: str | None = None) -> None:
+        need_train = stage in (None, "fit")
+        if self.test_dataset is not None and (self.train_dataset is not None or not need_train):
+            return
+        self._check_layout()
+        cls = _CIFAR_DATASETS[self.variant]
+        if need_train and self.train_dataset is None:
+            self.train_dataset = cls(self.root, train=True, transform=self._transforms(train=True))
+        if self.test_dataset is None:
+            self.test_dataset = cls(self.root, train=False, transform=self._transforms(train=False))
+
+    def _loader(self, dataset, shuffle: bool):
+        return make_loader(
+            dataset,
+            self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self):
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.test_dataset, shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_dataset, shuffle=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# ImageNet
+# --------------------------------------------------------------------------------------------------
+
+IMAGENET_SOURCE = (
+    "https://image-net.org/ (ILSVRC2012 train/val images; re-arrange the flat val images into "
+    "class folders, e.g. with the common valprep.sh script)"
+)
+IMAGENET_LAYOUT = """\
+train/
+    n01440764/
+        n01440764_10026.JPEG
+        ...
+    ... (one folder per class)
+val/
+    n01440764/
+        ILSVRC2012_val_00000293.JPEG
+        ...
+    ... (same class folders as train/)"""
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _class_folders(directory: Path) -> list[str]:
+    """Sorted class sub-folder names, exactly as ImageFolder finds them."""
+    with os.scandir(directory) as it:
+        return sorted(entry.name for entry in it if entry.is_dir())
+
+
+class ImageNetDataModule(L.LightningDataModule):
+    """ImageNet (ILSVRC2012) as ``torchvision.datasets.ImageFolder`` on ``root/train`` and ``root/val``.
+
+    ``root/val`` must use the same class-folder layout as ``root/train``: the official flat
+    validation images have to be re-arranged into class folders first (e.g. with the common
+    ``valprep.sh`` script). The test set is the validation set. ``num_classes`` is the number of
+    class folders in ``root/train``; when ``root/train`` does not exist yet at construction time the
+    ``num_classes`` argument is used and checked against the folders in ``setup``.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        image_size: int = 224,
+        batch_size: int = 256,
+        num_workers: int = 8,
+        augment: bool = True,
+        num_classes: int = 1000,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root).expanduser()
+        self.image_size = int(image_size)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.augment = augment
+        self.pin_memory = pin_memory
+        self.in_channels = 3
+        train_dir = self.root / "train"
+        # Cheap listing so models can be sized before setup; the error (if any) is raised in setup.
+        self.num_classes = len(_class_folders(train_dir)) if train_dir.is_dir() else int(num_classes)
+        self.train_dataset = self.val_dataset = None
+
+    @property
+    def test_dataset(self):
+        return self.val_dataset
+
+    def _transforms(self, train: bool):
+        if train and self.augment:
+            ops = [T.RandomResizedCrop(self.image_size), T.RandomHorizontalFlip()]
+        else:
+            # Standard 0.875 centre-crop ratio (256 -> 224).
+            ops = [T.Resize(int(self.image_size / 0.875)), T.CenterCrop(self.image_size)]
+        return T.Compose(ops + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def _error(self, problem: str) -> DataError:
+        return data_error("ImageNet", problem, root=self.root, layout=IMAGENET_LAYOUT, source=IMAGENET_SOURCE)
+
+    def _check_layout(self) -> list[str]:
+        """Validate both splits' class folders; returns the class names."""
+        require_paths(self.root, ["train", "val"], "ImageNet", IMAGENET_LAYOUT, IMAGENET_SOURCE)
+        classes = {}
+        for split in ("train", "val"):
+            d = self.root / split
+            if not d.is_dir():
+                raise self._error(f"{d} is not a directory")
+            classes[split] = _class_folders(d)
+            if not classes[split]:
+                raise self._error(f"no class folders in {d}")
+        if classes["train"] != classes["val"]:
+            # ImageFolder indexes classes per split, so differing folders would shift labels.
+            only_train = sorted(set(classes["train"]) - set(classes["val"]))[:5]
+            only_val = sorted(set(classes["val"]) - set(classes["train"]))[:5]
+            raise self._error(
+                f"train/ and val/ must contain the same class folders "
+                f"(only in train: {only_train}, only in val: {only_val}); "
+                f"was val/ re-arranged into class folders?"
+            )
+        if len(classes["train"]) != self.num_classes:
+            raise self._error(
+                f"found {len(classes['train'])} class folders in {self.root / 'train'} but "
+                f"num_classes={self.num_classes}"
+            )
+        return classes["train"]
+
+    def prepare_data(self) -> None:
+        """Never downloads; only checks the folder layout."""
+        self._check_layout()
+
+    def _folder(self, split: str, train: bool) -> ImageFolder:
+        try:
+            return ImageFolder(str(self.root / split), transform=self._transforms(train))
+        except FileNotFoundError as e:  # raised by ImageFolder for class folders without images
+            raise self._error(f"{self.root / split}: {e} (supported extensions: {', '.join(IMG_EXTENSIONS)})") from e
+
+    def setup(self, stage: str | None = None) -> None:
+        need_train = stage in (None, "fit")
+        if self.val_dataset is not None and (self.train_dataset is not None or not need_train):
+            return
+        self._check_layout()
+        if need_train and self.train_dataset is None:
+            self.train_dataset = self._folder("train", train=True)
+        if self.val_dataset is None:
+            self.val_dataset = self._folder("val", train=False)
+
+    def _loader(self, dataset, shuffle: bool):
+        return make_loader(
+            dataset,
+            self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self):
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_dataset, shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_dataset, shuffle=False)
