@@ -1,0 +1,533 @@
+"""Quantized ANN -> spiking network (METHOD.md §3), for any model built from supported layers.
+
+The quantized model is traced with ``torch.fx`` and every node is put in one of four
+regions:
+
+* **static** -- depends on the analog input only (before the first neurons). Computed
+  once per image, exactly as the ANN does: the input is the same at every step.
+* **neuron** -- a ``QuantReLU`` call, which becomes an :class:`~fastsnn.neuron.IFNeuron`
+  with ``threshold = alpha``. Every call gets its own neuron (a module used twice in a
+  ``forward`` becomes two neuron layers with separate state).
+* **spiking** -- between neurons. Only operations that are linear per time step are
+  allowed here (conv, linear, eval batch norm, average pooling, add, cat, reshape,
+  upsampling...). They see all ``T`` steps at once, with time folded into the batch
+  (``[T*N, ...]``). Anything else (max pooling, a functional relu, sigmoid...) is refused
+  with a :class:`ConversionError` naming the module.
+* **output** -- after the last neurons (the analog output layer). Since it is linear in
+  the spikes, it runs once on their mean over T (exact by linearity): the network output
+  is the mean over T of the output layer's per-step outputs, at 1/T of the cost.
+
+The result, :class:`SpikingModel`, is a plain ``nn.Module``; the ANN is left untouched.
+"""
+from __future__ import annotations
+
+import copy
+import operator
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+from torch.nn import functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+from .neuron import IFNeuron
+from .quant import QuantConv2d, QuantLinear, QuantReLU, activation_bits
+
+
+class ConversionError(ValueError):
+    """The model cannot be converted faithfully; the message says where and what to do."""
+
+
+# --------------------------------------------------------------------------- what is linear
+
+_LINEAR_MODULES: tuple[type, ...] = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity,
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.Flatten, nn.Unflatten, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+    nn.PixelShuffle, nn.PixelUnshuffle,
+)
+_LINEAR_FUNCTIONS = {
+    operator.add, operator.sub, operator.neg, operator.pos, operator.getitem, getattr,
+    torch.add, torch.sub, torch.neg, torch.cat, torch.concat, torch.stack, torch.flatten,
+    torch.reshape, torch.squeeze, torch.unsqueeze, torch.transpose, torch.permute, torch.chunk,
+    torch.split, torch.narrow, torch.sum, torch.mean,
+    F.interpolate, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.pad, F.conv1d, F.conv2d, F.conv3d, F.linear,
+    F.pixel_shuffle, F.pixel_unshuffle, F.dropout,
+}
+_LINEAR_METHODS = {
+    "view", "reshape", "flatten", "unflatten", "size", "dim", "permute", "transpose", "contiguous",
+    "chunk", "split", "squeeze", "unsqueeze", "narrow", "add", "sub", "neg", "mean", "sum", "to",
+    "type_as", "clone", "float", "view_as", "reshape_as",
+}
+# products and quotients are linear only while a single operand carries spikes
+_SCALING = {operator.mul, operator.truediv, torch.mul, torch.div, "mul", "div"}
+_MAX_POOLING = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+                nn.AdaptiveMaxPool3d)
+_MAX_POOLING_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
+                          F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.max_pool2d}
+
+
+def register_linear_module(cls: type) -> type:
+    """Declare a custom module type linear per time step (usable as a class decorator).
+
+    Only do this for modules whose output is a linear (or affine) function of their input
+    for every sample: the converter runs them on spike trains.
+    """
+    global _LINEAR_MODULES
+    _LINEAR_MODULES = (*_LINEAR_MODULES, cls)
+    return cls
+
+
+def register_linear_function(fn):
+    """Declare a function (called in some ``forward``) linear per time step."""
+    _LINEAR_FUNCTIONS.add(fn)
+    return fn
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (QuantReLU, QuantConv2d, QuantLinear)) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """``torch.fx`` trace of ``model`` that keeps the quantized layers as leaves."""
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as err:  # fx raises many types; all mean the same thing to the user
+        raise ConversionError(
+            f"could not trace {type(model).__name__} with torch.fx ({type(err).__name__}: {err}). "
+            "The converter needs a forward without Python control flow on tensor values or "
+            "shapes; move such logic (e.g. decoding, loss) out of forward()."
+        ) from err
+    return fx.GraphModule(model, graph, class_name=type(model).__name__)
+
+
+def _where(node: fx.Node) -> str:
+    """Module path and type of the code that created ``node``, for error messages."""
+    if node.op == "call_module":
+        return f"module '{node.target}'"
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path, (_, cls) = list(stack.items())[-1]
+        cls_name = cls if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
+        return f"the forward of module '{path}' ({cls_name.rsplit('.', 1)[-1]})"
+    return "the model's top-level forward"
+
+
+def _op_name(node: fx.Node, gm: fx.GraphModule) -> str:
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)).__name__
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    return getattr(node.target, "__qualname__", str(node.target))
+
+
+def _check_spiking_op(node: fx.Node, gm: fx.GraphModule, temporal: set[fx.Node]) -> None:
+    """Refuse ``node`` (between two neuron layers) unless it is linear per time step."""
+    where, op = _where(node), _op_name(node, gm)
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        if isinstance(m, _MAX_POOLING):
+            raise ConversionError(
+                f"{where} is max pooling ({op}) between spiking layers; max pooling of spike "
+                "trains is not the max of their rates. Use a stride-2 convolution or nn.AvgPool2d.")
+        if type(m) is nn.ReLU:
+            raise ConversionError(
+                f"{where} is a plain nn.ReLU: quantize the model first (fastsnn.quantize_model) "
+                "so that it becomes a QuantReLU.")
+        if isinstance(m, _LINEAR_MODULES):
+            return
+        raise ConversionError(
+            f"{where} ({op}) sits between spiking layers and is not known to be linear per time "
+            "step. Only QuantReLU may be nonlinear there: replace it (e.g. by nn.ReLU + "
+            "quantize_model), move it after the output layer, or, if it is linear, declare it "
+            "with fastsnn.register_linear_module.")
+    if node.target in _MAX_POOLING_FUNCTIONS:
+        raise ConversionError(
+            f"{where} calls max pooling ({op}) between spiking layers. Use a stride-2 convolution "
+            "or average pooling instead.")
+    if node.target in _SCALING:
+        operands = [a for a in node.args if isinstance(a, fx.Node) and a in temporal]
+        divisor_spikes = node.target in (operator.truediv, torch.div, "div") and len(node.args) > 1 \
+            and node.args[1] in temporal
+        if len(operands) <= 1 and not divisor_spikes:
+            return
+        raise ConversionError(
+            f"{where} multiplies or divides two spike-carrying tensors ({op}); that is not linear "
+            "per time step. Only scaling by a constant or by a function of the analog input works.")
+    if node.target in _LINEAR_FUNCTIONS or (node.op == "call_method" and node.target in _LINEAR_METHODS):
+        if node.target is F.dropout and node.kwargs.get("training", False):
+            raise ConversionError(f"{where} applies dropout in training mode; put the model in eval().")
+        return
+    raise ConversionError(
+        f"{where} applies {op} between spiking layers, which is not linear per time step (a "
+        "functional relu, sigmoid, GELU, ... cannot run on spike trains). Write ReLUs as "
+        "nn.ReLU modules so quantize_model makes them QuantReLU, or, if the function is linear, "
+        "declare it with fastsnn.register_linear_function.")
+
+
+# --------------------------------------------------------------------------- runtime modules
+
+
+class TimeContext:
+    """What every time-aware module of one SpikingModel shares: T and the run mode.
+
+    mode ``"mean"``: the output region runs once on the mean over T (normal inference);
+    ``"cummean"``: on the running mean after each step (accuracy-vs-time curves);
+    ``"steps"``: on the raw per-step values (spike statistics count every event).
+    """
+
+    def __init__(self, timesteps: int):
+        self.timesteps = timesteps
+        self.mode = "mean"
+
+
+class GraphNeuron(nn.Module):
+    """An :class:`IFNeuron` inside a converted graph: unfolds ``[T*N, ...]`` into time.
+
+    ``constant_input`` neurons (the first layer) receive the static ``[N, ...]`` input once.
+    ``source`` is the node of the ANN trace it replaces (the ANN activation it mimics).
+    """
+
+    def __init__(self, neuron: IFNeuron, ctx: TimeContext, constant_input: bool, source: str, path: str):
+        super().__init__()
+        self.neuron = neuron
+        self.ctx = ctx
+        self.constant_input = constant_input
+        self.source = source
+        self.path = path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = self.ctx.timesteps
+        if self.constant_input:
+            out = self.neuron.forward_constant(x, T)
+        else:
+            out = self.neuron(x.reshape(T, x.shape[0] // T, *x.shape[1:]))
+        return out.flatten(0, 1)
+
+    def extra_repr(self) -> str:
+        return f"path={self.path!r}, constant_input={self.constant_input}"
+
+
+class TimeCollapse(nn.Module):
+    """Mean over T of a folded ``[T*N, ...]`` spike train, on its way into the output layer."""
+
+    def __init__(self, ctx: TimeContext):
+        super().__init__()
+        self.ctx = ctx
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ctx.mode == "steps":
+            return x
+        T = self.ctx.timesteps
+        x = x.reshape(T, x.shape[0] // T, *x.shape[1:])
+        if self.ctx.mode == "mean":
+            return x.mean(0)
+        steps = torch.arange(1, T + 1, device=x.device, dtype=x.dtype).reshape(T, *[1] * (x.dim() - 1))
+        return (x.cumsum(0) / steps).flatten(0, 1)
+
+
+class StaticExpand(nn.Module):
+    """Repeats a static ``[N, ...]`` tensor over T where it meets folded ``[T*N, ...]`` ones.
+
+    ``always=False`` (edges into the output region) repeats only when the output region
+    runs per step (modes ``cummean`` / ``steps``).
+    """
+
+    def __init__(self, ctx: TimeContext, always: bool):
+        super().__init__()
+        self.ctx = ctx
+        self.always = always
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.always and self.ctx.mode == "mean":
+            return x
+        T = self.ctx.timesteps
+        return x.unsqueeze(0).expand(T, *x.shape).flatten(0, 1)
+
+
+def _map_tensors(fn, obj):
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_tensors(fn, o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _map_tensors(fn, v) for k, v in obj.items()}
+    return obj
+
+
+# --------------------------------------------------------------------------- the converted model
+
+
+@dataclass(frozen=True)
+class SpikingLayer:
+    """One neuron layer of a :class:`SpikingModel` (for fine-tuning, statistics, logs)."""
+
+    name: str  # submodule name of its GraphNeuron in ``SpikingModel.net``
+    path: str  # the ANN's QuantReLU module path it replaces
+    constant_input: bool  # first layer: its input is the analog image, exact by construction
+
+
+class SpikingModel(nn.Module):
+    """A converted network: ``snn(x)`` returns the mean over T of the output layer.
+
+    ``snn(x, return_steps=True)`` returns ``(output, steps)`` where ``steps[t-1]`` is the
+    network output after ``t`` steps (the running mean), for accuracy-vs-time curves.
+    ``snn.timesteps`` can be changed after conversion (evaluate at another T).
+    The model is always in inference mode: ``train()`` leaves its layers in eval mode.
+    """
+
+    def __init__(self, net: fx.GraphModule, ctx: TimeContext, signed: bool, layers: list[SpikingLayer],
+                 static_modules: frozenset[str]):
+        super().__init__()
+        self.net = net
+        self.ctx = ctx
+        self.signed = signed
+        self.layers = layers
+        self.static_modules = static_modules  # conv/linear run on the analog input (MACs)
+        self.net.eval()
+        # inference needs no autograd graph; layerwise_finetune enables one layer at a time
+        self.net.requires_grad_(False)
+
+    @property
+    def timesteps(self) -> int:
+        return self.ctx.timesteps
+
+    @timesteps.setter
+    def timesteps(self, value: int) -> None:
+        if int(value) < 1:
+            raise ValueError(f"timesteps must be >= 1, got {value}")
+        self.ctx.timesteps = int(value)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.net.eval()  # batch norm statistics and dropout stay frozen in an SNN
+        return self
+
+    def neurons(self) -> list[tuple[str, GraphNeuron]]:
+        return [(layer.name, self.net.get_submodule(layer.name)) for layer in self.layers]
+
+    def forward(self, x: torch.Tensor, return_steps: bool = False):
+        if not return_steps:
+            return self.net(x)
+        T = self.timesteps
+        self.ctx.mode = "cummean"
+        try:
+            steps = _map_tensors(lambda t: t.reshape(T, t.shape[0] // T, *t.shape[1:]), self.net(x))
+        finally:
+            self.ctx.mode = "mean"
+        return _map_tensors(lambda s: s[-1], steps), steps
+
+    def forward_steps(self, x: torch.Tensor):
+        """Outputs with the per-step values of the output layer (mode ``steps``), ``[T, N, ...]``."""
+        T = self.timesteps
+        self.ctx.mode = "steps"
+        try:
+            return _map_tensors(lambda t: t.reshape(T, t.shape[0] // T, *t.shape[1:]), self.net(x))
+        finally:
+            self.ctx.mode = "mean"
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _freeze_quantized_weights(model: nn.Module) -> None:
+    """QuantConv2d / QuantLinear -> plain layers holding their quantized weights."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, (QuantConv2d, QuantLinear)):
+            if isinstance(m, QuantConv2d):
+                new = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                                m.dilation, m.groups, m.bias is not None, m.padding_mode)
+            else:
+                new = nn.Linear(m.in_features, m.out_features, m.bias is not None)
+            new = new.to(device=m.weight.device, dtype=m.weight.dtype)
+            with torch.no_grad():
+                new.weight.copy_(m.quantized_weight())
+                if m.bias is not None:
+                    new.bias.copy_(m.bias)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def _fold_batch_norms(gm: fx.GraphModule) -> None:
+    """Fold eval batch norm into the conv / linear layer before it (exact, saves T passes)."""
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), nn.modules.batchnorm._BatchNorm):
+            continue
+        prev = node.args[0]
+        if not (isinstance(prev, fx.Node) and prev.op == "call_module" and len(prev.users) == 1
+                and calls[prev.target] == 1 and calls[node.target] == 1):
+            continue
+        layer, bn = gm.get_submodule(prev.target), gm.get_submodule(node.target)
+        if not bn.track_running_stats or bn.running_mean is None:
+            continue
+        if type(layer) is nn.Conv2d or type(layer) is nn.Conv1d or type(layer) is nn.Conv3d:
+            fused = fuse_conv_bn_eval(layer.eval(), bn.eval())
+        elif type(layer) is nn.Linear and isinstance(bn, nn.BatchNorm1d):
+            fused = fuse_linear_bn_eval(layer.eval(), bn.eval())
+        else:
+            continue
+        parent, _, child = prev.target.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, child, fused)
+        node.replace_all_uses_with(prev)
+        gm.graph.erase_node(node)
+    gm.delete_all_unused_submodules()
+
+
+def _default_timesteps(qmodel: nn.Module) -> int:
+    bits = activation_bits(qmodel)
+    if not bits:
+        raise ConversionError(
+            "the model has no QuantReLU: quantize it first with fastsnn.quantize_model(model, bits).")
+    if None in bits:
+        raise ConversionError(
+            "some QuantReLU modules are not quantized (bits=None); give them a bit width with "
+            "quantize_model(model, bits) or pass timesteps explicitly.")
+    if len(bits) > 1:
+        raise ConversionError(
+            f"the QuantReLU modules have different bit widths {sorted(bits)}; pass timesteps explicitly.")
+    return 2 ** bits.pop() - 1
+
+
+def convert_to_snn(qmodel: nn.Module, timesteps: int | None = None, signed: bool = True) -> SpikingModel:
+    """Convert a quantized ANN (see :func:`fastsnn.quantize_model`) into a :class:`SpikingModel`.
+
+    Every ``QuantReLU`` call becomes an IF neuron with ``threshold = alpha`` (membrane starts
+    at threshold/2, reset by subtraction); ``signed=False`` gives the unsigned baseline.
+    ``timesteps`` defaults to ``2**bits - 1``, where the SNN reproduces the quantized ANN's
+    first layer exactly. Quantized weights are frozen at their quantized values and eval
+    batch norm is folded into the layer before it. ``qmodel`` itself is not modified.
+
+    Raises :class:`ConversionError` naming the module when something between spiking layers
+    is not linear per time step (max pooling, a functional relu, sigmoid, ...).
+    """
+    T = _default_timesteps(qmodel) if timesteps is None else int(timesteps)
+    if T < 1:
+        raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+    model = copy.deepcopy(qmodel).eval()
+    _freeze_quantized_weights(model)
+    src = trace(model)
+    ctx = TimeContext(T)
+
+    # regions: static (input only), const (neither), temporal (after some neuron)
+    kind: dict[fx.Node, str] = {}
+    for node in src.graph.nodes:
+        if node.op == "placeholder":
+            kind[node] = "static"
+        elif node.op == "get_attr":
+            kind[node] = "const"
+        elif node.op == "call_module" and isinstance(src.get_submodule(node.target), QuantReLU):
+            kind[node] = "neuron"
+        else:
+            inputs = {kind[a] for a in node.all_input_nodes}
+            kind[node] = ("temporal" if inputs & {"temporal", "neuron"} else
+                          "static" if "static" in inputs else "const")
+    reaches_neuron = _reaches(src, lambda u: kind[u] == "neuron")
+    spiking = {n for n in src.graph.nodes if kind[n] == "temporal" and reaches_neuron[n]}
+    if not any(k == "neuron" for k in kind.values()):
+        raise ConversionError("the traced model has no QuantReLU call: quantize it first.")
+    # After the last neurons only the decoding tail (no weights after it) may be nonlinear:
+    # a nonlinearity feeding another layer there would be an analog layer hiding in the SNN.
+    reaches_weights = _reaches(src, lambda u: _has_weights(u, src))
+    for node in src.graph.nodes:
+        if node.op == "call_module" and type(src.get_submodule(node.target)) is nn.ReLU:
+            _check_spiking_op(node, src, set())  # a plain ReLU anywhere: not quantized
+        if node in spiking or (kind[node] == "temporal" and reaches_weights[node]):
+            _check_spiking_op(node, src, spiking | {n for n in kind if kind[n] in ("neuron", "temporal")})
+
+    def in_output(n):  # temporal, after the last neurons
+        return kind[n] == "temporal" and n not in spiking
+
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    adapters: dict[tuple[str, fx.Node], fx.Node] = {}
+    layers: list[SpikingLayer] = []
+    neuron_names: dict[str, int] = {}
+
+    def adapter(what: str, node: fx.Node) -> fx.Node:
+        key = (what, node)
+        if key not in adapters:
+            name = f"{what}_{node.name}"
+            module = TimeCollapse(ctx) if what == "collapse" else StaticExpand(ctx, always=what == "expand")
+            src.add_submodule(name, module)
+            adapters[key] = graph.call_module(name, (env[node],))
+        return adapters[key]
+
+    def value_for(user_region: str, a: fx.Node) -> fx.Node:
+        """The new-graph value of input ``a`` as seen from a node of ``user_region``."""
+        if user_region == "spiking" and kind[a] == "static":
+            return adapter("expand", a)
+        if user_region == "output":
+            if kind[a] == "static":
+                return adapter("expand_unrolled", a)
+            if kind[a] == "neuron" or a in spiking:
+                return adapter("collapse", a)
+        return env[a]
+
+    for node in src.graph.nodes:
+        if node.op == "output":
+            def out_value(a):
+                if kind[a] == "neuron" or a in spiking:
+                    return adapter("collapse", a)
+                return value_for("output", a)
+            graph.output(fx.node.map_arg(node.args[0], out_value))
+            continue
+        if kind[node] == "neuron":
+            (inp,) = node.all_input_nodes
+            constant = kind[inp] == "static"
+            qrelu = src.get_submodule(node.target)
+            calls = neuron_names.get(node.target, 0)
+            neuron_names[node.target] = calls + 1
+            name = f"{node.target.replace('.', '_')}_neuron" + (f"{calls}" if calls else "")
+            gn = GraphNeuron(IFNeuron(qrelu.alpha.detach(), signed), ctx, constant, node.name, node.target)
+            src.add_submodule(name, gn.to(qrelu.alpha.device))
+            env[node] = graph.call_module(name, (env[inp] if constant else value_for("spiking", inp),))
+            layers.append(SpikingLayer(name=name, path=node.target, constant_input=constant))
+            continue
+        region = "spiking" if node in spiking else "output" if in_output(node) else "static"
+        if node.op == "call_module" and isinstance(src.get_submodule(node.target), (nn.Identity, nn.modules.dropout._DropoutNd)):
+            env[node] = value_for(region, node.args[0])  # identity in eval mode
+            continue
+        env[node] = graph.node_copy(node, lambda a: value_for(region, a))
+
+    graph.lint()
+    net = fx.GraphModule(src, graph, class_name=f"Spiking{type(qmodel).__name__}")
+    _fold_batch_norms(net)
+    net.recompile()
+    return SpikingModel(net, ctx, signed, layers, _static_linear_modules(net))
+
+
+def _reaches(gm: fx.GraphModule, hit) -> dict[fx.Node, bool]:
+    """For every node: does some path from it lead to a node for which ``hit(node)``?"""
+    reaches: dict[fx.Node, bool] = {}
+    for node in reversed(gm.graph.nodes):
+        reaches[node] = any(hit(u) or reaches[u] for u in node.users)
+    return reaches
+
+
+def _has_weights(node: fx.Node, gm: fx.GraphModule) -> bool:
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), (nn.modules.conv._ConvNd, nn.Linear))
+    return node.target in (F.conv1d, F.conv2d, F.conv3d, F.linear)
+
+
+def _static_linear_modules(net: fx.GraphModule) -> frozenset[str]:
+    """Conv / linear modules that run on the analog input (before any neuron)."""
+    temporal: set[fx.Node] = set()
+    static: set[str] = set()
+    for node in net.graph.nodes:
+        module = net.get_submodule(node.target) if node.op == "call_module" else None
+        if isinstance(module, GraphNeuron) or any(a in temporal for a in node.all_input_nodes):
+            temporal.add(node)
+        elif isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+            static.add(node.target)
+    return frozenset(static)

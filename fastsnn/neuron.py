@@ -1,0 +1,95 @@
+"""Integrate-and-fire neurons (METHOD.md §3), signed and unsigned, multi-step over T.
+
+Time is the first dimension (``[T, N, ...]``). A neuron starts every sequence with its
+membrane at ``threshold / 2`` and resets by subtraction, so with a constant input ``x`` it
+emits ``clamp(round(T * x / threshold), 0, T)`` spikes: the ``T + 1``-level quantized ReLU.
+Each spike carries the value ``threshold`` (positive) or ``-threshold`` (negative).
+
+The *signed* neuron may take a spike back: when its membrane falls below zero while it
+has fired more positive than negative spikes, it emits ``-1`` and adds ``threshold`` back.
+Its net spike count therefore stays in ``[0, T]`` and its mean output on the quantized
+ANN's grid, whatever order its input spikes arrive in (the paper's fix for the
+*sequential error*). ``signed=False`` gives the ordinary IF neuron, the baseline.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# A membrane counts as negative below -TOLERANCE * threshold, so that float round-off
+# of an exactly-zero membrane does not trigger a negative spike.
+TOLERANCE = 1e-6
+
+
+def if_step(x_t, v, count, threshold, signed: bool):
+    """One time step for a whole tensor of neurons. Returns ``(spikes, v, count)``.
+
+    ``spikes`` is in {-1, 0, +1} (same dtype as ``v``); ``count`` is the running net spike
+    count (only needed, and only updated, for signed neurons).
+    """
+    v = v + x_t
+    spikes = (v >= threshold).to(v.dtype)
+    if signed:
+        spikes = spikes - ((v < -TOLERANCE * threshold) & (count > 0)).to(v.dtype)
+        count = count + spikes
+    v = v - spikes * threshold
+    return spikes, v, count
+
+
+class IFNeuron(nn.Module):
+    """A layer of integrate-and-fire neurons sharing one threshold.
+
+    ``forward(x_seq)`` takes ``[T, N, ...]`` synaptic input and returns the ``[T, N, ...]``
+    output ``spikes * threshold``. ``forward_constant(x, T)`` does the same for an input
+    that is identical at every step (the first layer under direct encoding) without
+    materialising ``T`` copies of it. ``step(x_t)`` advances a persistent state one step
+    at a time (streaming simulation); ``reset()`` clears that state.
+    """
+
+    def __init__(self, threshold: float | torch.Tensor, signed: bool = True):
+        super().__init__()
+        threshold = torch.as_tensor(threshold, dtype=torch.float32).detach().clone().reshape(-1)
+        if threshold.numel() != 1 or threshold.item() <= 0:
+            raise ValueError(f"IFNeuron needs one positive threshold, got {threshold.tolist()}")
+        self.register_buffer("threshold", threshold)
+        self.signed = signed
+        self.v: torch.Tensor | None = None
+        self.count: torch.Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return f"threshold={self.threshold.item():.4g}, signed={self.signed}"
+
+    def _initial_state(self, like: torch.Tensor):
+        # membranes accumulate in at least float32, even under half-precision autocast
+        dtype = torch.promote_types(like.dtype, torch.float32)
+        theta = self.threshold.to(dtype)
+        v = torch.full(like.shape, 0.5, dtype=dtype, device=like.device) * theta
+        count = torch.zeros(like.shape, dtype=dtype, device=like.device) if self.signed else None
+        return v, count, theta
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        v, count, theta = self._initial_state(x_seq[0])
+        out = torch.empty(x_seq.shape, dtype=x_seq.dtype, device=x_seq.device)
+        for t in range(x_seq.shape[0]):
+            spikes, v, count = if_step(x_seq[t], v, count, theta, self.signed)
+            out[t] = spikes * theta
+        return out
+
+    def forward_constant(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
+        v, count, theta = self._initial_state(x)
+        out = torch.empty((timesteps, *x.shape), dtype=x.dtype, device=x.device)
+        for t in range(timesteps):
+            spikes, v, count = if_step(x, v, count, theta, self.signed)
+            out[t] = spikes * theta
+        return out
+
+    def reset(self) -> None:
+        self.v = None
+        self.count = None
+
+    def step(self, x_t: torch.Tensor) -> torch.Tensor:
+        if self.v is None:
+            self.v, self.count, _ = self._initial_state(x_t)
+        theta = self.threshold.to(self.v.dtype)
+        spikes, self.v, self.count = if_step(x_t, self.v, self.count, theta, self.signed)
+        return (spikes * theta).to(x_t.dtype)

@@ -1,0 +1,325 @@
+"""Quantized ANN building blocks (METHOD.md §2).
+
+* :class:`QuantReLU` -- a ReLU clipped at a learnable ``alpha`` and quantized uniformly to
+  ``2**bits`` levels. It is the activation that the converter turns into an IF neuron
+  with threshold ``alpha`` and ``T = 2**bits - 1`` time steps.
+* :class:`QuantConv2d` / :class:`QuantLinear` -- conv / linear layers whose weights are
+  quantized on the fly (uniform or additive powers-of-two, learnable ``alpha_w``; or
+  8-bit max-scaled for the first and last layer).
+* :func:`quantize_model` -- swaps these into any model, in place, and changes the bit
+  width of a model that is already quantized (progressive 32 -> 4 -> 3 -> 2 training).
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+WEIGHT_QUANT_MODES = ("apot", "uniform", "max")
+
+
+class _QuantReLUFunction(torch.autograd.Function):
+    """Forward: ``alpha * round(clamp(relu(x)/alpha, 0, 1) * L) / L`` with ``L = 2**b - 1``.
+
+    Backward (METHOD.md §2): straight-through where ``0 < x/alpha <= 1``, zero elsewhere;
+    ``d y / d alpha`` is 1 where ``x/alpha > 1``, ``q - x/alpha`` inside the range and 0
+    where the ReLU is off (``x <= 0``: the output does not depend on alpha there).
+    """
+
+    @staticmethod
+    def forward(ctx, x, alpha, levels: int):
+        u = x / alpha
+        q = torch.round(u.clamp(0.0, 1.0) * levels) / levels
+        ctx.save_for_backward(u, q)
+        return q * alpha
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        u, q = ctx.saved_tensors
+        inside = (u > 0) & (u <= 1)
+        above = u > 1
+        grad_x = grad_out * inside
+        grad_alpha = None
+        if ctx.needs_input_grad[1]:
+            dalpha = torch.where(above, torch.ones_like(u), torch.where(inside, q - u, torch.zeros_like(u)))
+            grad_alpha = (grad_out * dalpha).sum().reshape(1)
+        return grad_x, grad_alpha, None
+
+
+def quant_relu(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
+    """Functional form of :class:`QuantReLU`."""
+    return _QuantReLUFunction.apply(x, alpha, 2**bits - 1)
+
+
+class QuantReLU(nn.Module):
+    """ReLU clipped at a learnable ``alpha`` and quantized to ``2**bits`` uniform levels.
+
+    ``bits`` can be changed at any time (``module.bits = 3``); ``alpha`` keeps its value.
+    ``bits=None`` makes the module a plain clipped ReLU (``clamp(x, 0, alpha)``), useful to
+    pre-train the clip values before quantizing.
+    """
+
+    def __init__(self, bits: int | None = 4, alpha_init: float = 8.0):
+        super().__init__()
+        if bits is not None and bits < 1:
+            raise ValueError(f"QuantReLU needs bits >= 1 (got {bits})")
+        if alpha_init <= 0:
+            raise ValueError(f"QuantReLU needs alpha_init > 0 (got {alpha_init})")
+        self.bits = bits
+        self.alpha = nn.Parameter(torch.tensor([float(alpha_init)]))
+
+    @property
+    def levels(self) -> int:
+        return 2**self.bits - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bits is None:
+            return torch.minimum(F.relu(x), self.alpha)
+        return quant_relu(x, self.alpha, self.bits)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, alpha={self.alpha.item():.4g}"
+
+
+# --------------------------------------------------------------------------- weights
+
+
+@lru_cache(maxsize=None)
+def apot_levels(magnitude_bits: int) -> tuple[float, ...]:
+    """Additive powers-of-two magnitude levels in [0, 1] for ``magnitude_bits`` bits.
+
+    The magnitude is a sum of ``n = ceil(k/2)`` terms; term ``i`` (2 bits, the last one 1
+    bit when ``k`` is odd) is 0 or one of the powers ``2**-(i + 1 + n*j)``. This gives the
+    APoT levels of Li et al. (ICLR 2020) for k = 2 and 4 and a like-minded set otherwise;
+    the result is normalised so that the largest level is 1.
+    """
+    k = magnitude_bits
+    if k < 1:
+        raise ValueError(f"APoT needs at least 1 magnitude bit (got {k})")
+    n = math.ceil(k / 2)
+    term_bits = [2] * (k // 2) + [1] * (k % 2)
+    sums = {0.0}
+    for i, b in enumerate(term_bits):
+        term = [0.0] + [2.0 ** -(i + 1 + n * j) for j in range(2**b - 1)]
+        sums = {s + t for s in sums for t in term}
+    top = max(sums)
+    return tuple(sorted(s / top for s in sums))
+
+
+def uniform_levels(magnitude_bits: int) -> tuple[float, ...]:
+    steps = 2**magnitude_bits - 1
+    return tuple(i / steps for i in range(steps + 1))
+
+
+def project_to_levels(u: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Nearest level (``levels`` sorted, in [0, 1]) for every element of ``u`` in [0, 1].
+
+    Binary search on the mid-points: O(log L) per element, no [numel, L] distance tensor.
+    """
+    mids = (levels[1:] + levels[:-1]) / 2
+    return levels[torch.bucketize(u, mids)]
+
+
+class _WeightQuantFunction(torch.autograd.Function):
+    """Signed weight quantizer: ``alpha * sign(u) * P(|clamp(u, -1, 1)|)``, ``u = w/alpha``.
+
+    Straight-through for the weight; ``d/d alpha`` is ``sign(u)`` where ``|u| > 1`` and
+    ``q - u`` inside, the same clip rule as the activations.
+    """
+
+    @staticmethod
+    def forward(ctx, w, alpha, levels):
+        u = w / alpha
+        c = u.clamp(-1.0, 1.0)
+        q = torch.sign(c) * project_to_levels(c.abs(), levels)
+        ctx.save_for_backward(u, q)
+        return q * alpha
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        u, q = ctx.saved_tensors
+        grad_alpha = None
+        if ctx.needs_input_grad[1]:
+            outside = u.abs() > 1
+            dalpha = torch.where(outside, torch.sign(u), q - u)
+            grad_alpha = (grad_out * dalpha).sum().reshape(1)
+        return grad_out, grad_alpha, None
+
+
+class _MaxScaledFunction(torch.autograd.Function):
+    """Symmetric uniform quantizer scaled by ``max|w|`` (first / last layer), straight-through."""
+
+    @staticmethod
+    def forward(ctx, w, bits):
+        steps = 2 ** (bits - 1) - 1
+        scale = w.detach().abs().max().clamp_min(1e-12)
+        return torch.round(w / scale * steps) / steps * scale
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return grad_out, None
+
+
+class WeightQuantizer(nn.Module):
+    """Quantizes a weight tensor to ``bits`` bits (sign + ``bits - 1`` magnitude bits).
+
+    ``mode="apot"`` / ``"uniform"`` standardise the weight (``(w - mean) / std``) and clip
+    it at a learnable ``alpha_w`` (METHOD.md §2); ``mode="max"`` is the plain 8-bit style
+    max-scaled uniform quantizer used for the first and last layer. ``bits=None`` disables
+    quantization (full precision).
+    """
+
+    def __init__(self, bits: int | None, mode: str = "apot", alpha_init: float = 3.0):
+        super().__init__()
+        if mode not in WEIGHT_QUANT_MODES:
+            raise ValueError(f"weight quantizer mode must be one of {WEIGHT_QUANT_MODES}, got {mode!r}")
+        self.mode = mode
+        # max-scaled mode has no learnable clip (an unused parameter would upset DDP)
+        self.alpha = nn.Parameter(torch.tensor([float(alpha_init)])) if mode != "max" else None
+        self.bits = bits
+
+    @property
+    def bits(self) -> int | None:
+        return self._bits
+
+    @bits.setter
+    def bits(self, bits: int | None) -> None:
+        if bits is not None and bits < 2:
+            raise ValueError(f"weight quantization needs at least 2 bits (sign + magnitude), got {bits}")
+        self._bits = bits
+        if bits is not None and self.mode != "max":
+            make = apot_levels if self.mode == "apot" else uniform_levels
+            self.register_buffer("levels", torch.tensor(make(bits - 1)), persistent=False)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.bits is None:
+            return w
+        if self.mode == "max":
+            return _MaxScaledFunction.apply(w, self.bits)
+        std = w.std().clamp_min(1e-8)
+        w = (w - w.mean()) / std
+        levels = self.levels.to(device=w.device, dtype=w.dtype)
+        return _WeightQuantFunction.apply(w, self.alpha, levels)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, mode={self.mode!r}"
+
+
+class QuantConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose weight goes through a :class:`WeightQuantizer` on every forward."""
+
+    def __init__(self, *args, weight_bits: int | None = None, weight_quant: str = "apot", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.weight_quantizer = WeightQuantizer(weight_bits, weight_quant)
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.weight_quantizer(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.quantized_weight(), self.bias)
+
+
+class QuantLinear(nn.Linear):
+    """``nn.Linear`` whose weight goes through a :class:`WeightQuantizer` on every forward."""
+
+    def __init__(self, *args, weight_bits: int | None = None, weight_quant: str = "apot", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.weight_quantizer = WeightQuantizer(weight_bits, weight_quant)
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.weight_quantizer(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.quantized_weight(), self.bias)
+
+
+# --------------------------------------------------------------------------- model surgery
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def _to_quant_layer(layer: nn.Module, bits: int | None, mode: str) -> nn.Module:
+    """A Quant* copy of a plain conv / linear layer that shares its parameters."""
+    if isinstance(layer, nn.Conv2d):
+        new = QuantConv2d(
+            layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+            padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
+            bias=layer.bias is not None, padding_mode=layer.padding_mode,
+            weight_bits=bits, weight_quant=mode, device=layer.weight.device, dtype=layer.weight.dtype,
+        )
+    else:
+        new = QuantLinear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                          weight_bits=bits, weight_quant=mode, device=layer.weight.device,
+                          dtype=layer.weight.dtype)
+    new.weight = layer.weight
+    if layer.bias is not None:
+        new.bias = layer.bias
+    new.train(layer.training)
+    return new
+
+
+def quantize_model(
+    model: nn.Module,
+    bits: int | None,
+    weight_bits: int | None = None,
+    weight_quant: str = "apot",
+    first_last_bits: int | None = 8,
+    alpha_init: float = 8.0,
+) -> nn.Module:
+    """Quantize ``model`` in place for Fast-SNN training and return it.
+
+    * every ``nn.ReLU`` module becomes ``QuantReLU(bits, alpha_init)``; existing
+      ``QuantReLU`` modules get the new ``bits`` and keep their learned ``alpha``, so a
+      model trained at 4 bits continues at 3 bits (progressive training);
+    * with ``weight_bits`` set, every ``nn.Conv2d`` / ``nn.Linear`` quantizes its weight
+      (``weight_quant`` = ``"apot"`` or ``"uniform"``, learnable clip ``alpha_w``), except the
+      first conv and the last conv / linear layer (in registration order), which get
+      ``first_last_bits`` bits, max-scaled (``None``: full precision). With ``weight_bits``
+      None the weights stay full precision, as the paper does for detection/segmentation.
+
+    Activations written as functions (``F.relu`` in a ``forward``) cannot be found here;
+    the converter refuses them later with the module path, so write them as ``nn.ReLU``.
+    """
+    if bits is not None and bits < 1:
+        raise ValueError(f"bits must be >= 1 or None (got {bits})")
+    if weight_quant not in ("apot", "uniform"):
+        raise ValueError(f"weight_quant must be 'apot' or 'uniform', got {weight_quant!r}")
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QuantReLU):
+            module.bits = bits
+        elif type(module) is nn.ReLU:
+            new = QuantReLU(bits, alpha_init)
+            ref = next(model.parameters(), None)
+            if ref is not None:
+                new = new.to(ref.device)
+            _set_submodule(model, name, new)
+
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not layers:
+        return model
+    convs = [n for n, m in layers if isinstance(m, nn.Conv2d)]
+    first_name = convs[0] if convs else layers[0][0]
+    last_name = layers[-1][0]
+    for name, layer in layers:
+        at_edge = name in (first_name, last_name)
+        want_bits = (first_last_bits if at_edge else weight_bits) if weight_bits is not None else None
+        mode = "max" if at_edge else weight_quant
+        if isinstance(layer, (QuantConv2d, QuantLinear)):
+            if layer.weight_quantizer.mode != mode:
+                layer.weight_quantizer = WeightQuantizer(want_bits, mode).to(layer.weight.device)
+            else:
+                layer.weight_quantizer.bits = want_bits
+        elif want_bits is not None:
+            _set_submodule(model, name, _to_quant_layer(layer, want_bits, mode))
+    return model
+
+
+def activation_bits(model: nn.Module) -> set[int | None]:
+    """The set of bit widths of the model's QuantReLU modules (empty if none)."""
+    return {m.bits for m in model.modules() if isinstance(m, QuantReLU)}
