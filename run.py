@@ -1,0 +1,40 @@
+"""The one entry point: `python run.py [overrides]` (Hydra). See README.md."""
+from __future__ import annotations
+
+import logging
+import math
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from fastsnn import ConversionError
+from tasks.common.data import DataError
+from tasks.pipeline import optimized_value, run
+from tasks.settings import SettingsError
+
+log = logging.getLogger("fastsnn")
+USER_ERRORS = (SettingsError, DataError, ConversionError)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        return optimized_value(run(cfg), cfg.get("optimized_metric"))
+    except USER_ERRORS as err:
+        log.error("%s: %s", type(err).__name__, err)
+        if multirun:  # one bad job must not stop the sweep; the sweeper sees a failed trial
+            return math.nan
+        sys.exit(2)
+    except Exception:
+        if multirun:
+            log.exception("this job failed; the sweep goes on")
+            return math.nan
+        raise
+
+
+if __name__ == "__main__":
+    main()
