@@ -25,16 +25,19 @@ class SNNConversion(Callback):
 
     * ``convert(module)`` converts ``module.net`` and attaches the SNN (``module.snn``). The
       pipeline calls it after loading the best checkpoint of training, or a given checkpoint.
-    * ``on_fit_end`` converts the final weights, so a plain ``Trainer`` with this callback
-      ends with an SNN too.
+    * with ``convert_on_fit_end=True``, ``on_fit_end`` converts the final weights, so a plain
+      ``Trainer`` with this callback ends with an SNN too (the pipeline converts the best
+      checkpoint instead, and a full-precision stage has nothing to convert).
     * In every SNN test pass (``module.eval_label != "ann"``) it converts if no SNN is there
       yet, and logs spike statistics on the first ``stats_batches`` test batches:
       ``<label>/spike_rate``, ``pos_rate``, ``neg_rate``, ``sops``, ``energy_ratio`` and the
       per-layer rates ``<label>/layer_rate/<layer>``.
     """
 
-    def __init__(self, timesteps: int | None = None, signed: bool = True, stats_batches: int = 4):
+    def __init__(self, timesteps: int | None = None, signed: bool = True, stats_batches: int = 4,
+                 convert_on_fit_end: bool = False):
         self.timesteps = timesteps
+        self.convert_on_fit_end = convert_on_fit_end
         self.signed = signed
         self.stats_batches = stats_batches
         self._inputs: list[torch.Tensor] = []
@@ -46,7 +49,8 @@ class SNNConversion(Callback):
         return snn
 
     def on_fit_end(self, trainer, module):
-        self.convert(module)
+        if self.convert_on_fit_end:
+            self.convert(module)
 
     def on_test_epoch_start(self, trainer, module):
         self._inputs = []

@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fastsnn import quantize_model
 from fastsnn.callbacks import SNNConversion
@@ -63,11 +63,19 @@ def load_weights(module: SNNTaskModule, path: str, partial: bool = False) -> Non
 
 def _quantize(net, bits: int | None, quant: DictConfig) -> None:
     weight_bits = quant.get("weight_bits")
-    if weight_bits == "same":
-        weight_bits = bits
+    if weight_bits == "same":  # weights need a sign and at least one magnitude bit
+        weight_bits = None if bits is None else max(bits, 2)
     quantize_model(net, bits, weight_bits=weight_bits if bits is not None else None,
                    weight_quant=quant.get("weight_quant", "apot"), first_last_bits=quant.get("first_last_bits", 8),
                    alpha_init=quant.get("alpha_init", 8.0))
+
+
+def _plain_config(cfg: DictConfig) -> dict:
+    """The run's resolved config for the loggers (without Hydra's own node, if composed with it)."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def _test(trainer: L.Trainer, module: SNNTaskModule, datamodule, label: str) -> dict:
@@ -111,7 +119,7 @@ def run(cfg: DictConfig) -> dict:
     conversion.timesteps, conversion.signed = settings.timesteps, bool(cfg.signed)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(_plain_config(cfg))
 
     results = {**names, "bits": settings.bits, "timesteps": settings.timesteps, "signed": bool(cfg.signed),
                "stages": list(settings.stages), "metric": module.metric, "output_dir": str(out_dir), "time_s": {}}
