@@ -179,7 +179,8 @@ class TimeContext:
 
     mode ``"mean"``: the output region runs once on the mean over T (normal inference);
     ``"cummean"``: on the running mean after each step (accuracy-vs-time curves);
-    ``"steps"``: on the raw per-step values (spike statistics count every event).
+    ``"steps"``: on the raw per-step values (spike statistics count every event);
+    ``"streaming"``: one time step per call, ``[N, ...]`` tensors, state kept in the modules.
     """
 
     def __init__(self, timesteps: int):
@@ -203,6 +204,8 @@ class GraphNeuron(nn.Module):
         self.path = path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ctx.mode == "streaming":
+            return self.neuron.step(x)
         T = self.ctx.timesteps
         if self.constant_input:
             out = self.neuron.forward_constant(x, T)
@@ -220,8 +223,17 @@ class TimeCollapse(nn.Module):
     def __init__(self, ctx: TimeContext):
         super().__init__()
         self.ctx = ctx
+        self.total: torch.Tensor | None = None  # streaming: sum of the steps so far
+        self.count = 0
+
+    def reset(self) -> None:
+        self.total, self.count = None, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ctx.mode == "streaming":  # running mean of the steps seen so far
+            self.total = x if self.total is None else self.total + x
+            self.count += 1
+            return self.total / self.count
         if self.ctx.mode == "steps":
             return x
         T = self.ctx.timesteps
@@ -245,7 +257,7 @@ class StaticExpand(nn.Module):
         self.always = always
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.always and self.ctx.mode == "mean":
+        if self.ctx.mode == "streaming" or (not self.always and self.ctx.mode == "mean"):
             return x
         T = self.ctx.timesteps
         return x.unsqueeze(0).expand(T, *x.shape).flatten(0, 1)
@@ -279,17 +291,26 @@ class SpikingModel(nn.Module):
     ``snn(x, return_steps=True)`` returns ``(output, steps)`` where ``steps[t-1]`` is the
     network output after ``t`` steps (the running mean), for accuracy-vs-time curves.
     ``snn.timesteps`` can be changed after conversion (evaluate at another T).
+
+    ``snn.mode`` chooses the simulation: ``"multistep"`` (default, fastest) runs the layers
+    between neurons on all T steps at once, time folded into the batch; ``"streaming"`` runs
+    one step after another with per-neuron state, so memory does not grow with T (for large
+    inputs at large T). Both give the same outputs.
     The model is always in inference mode: ``train()`` leaves its layers in eval mode.
     """
 
+    MODES = ("multistep", "streaming")
+
     def __init__(self, net: fx.GraphModule, ctx: TimeContext, signed: bool, layers: list[SpikingLayer],
-                 static_modules: frozenset[str]):
+                 static_modules: frozenset[str], mode: str = "multistep"):
         super().__init__()
         self.net = net
         self.ctx = ctx
         self.signed = signed
         self.layers = layers
         self.static_modules = static_modules  # conv/linear run on the analog input (MACs)
+        self.mode = mode
+        self._streaming: tuple[fx.GraphModule, fx.GraphModule] | None = None
         self.net.eval()
         # inference needs no autograd graph; layerwise_finetune enables one layer at a time
         self.net.requires_grad_(False)
@@ -309,10 +330,22 @@ class SpikingModel(nn.Module):
         self.net.eval()  # batch norm statistics and dropout stay frozen in an SNN
         return self
 
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"SpikingModel.mode must be one of {self.MODES}, got {mode!r}")
+        self._mode = mode
+
     def neurons(self) -> list[tuple[str, GraphNeuron]]:
         return [(layer.name, self.net.get_submodule(layer.name)) for layer in self.layers]
 
     def forward(self, x: torch.Tensor, return_steps: bool = False):
+        if self.mode == "streaming":
+            return self._forward_streaming(x, return_steps)
         if not return_steps:
             return self.net(x)
         T = self.timesteps
@@ -322,6 +355,31 @@ class SpikingModel(nn.Module):
         finally:
             self.ctx.mode = "mean"
         return _map_tensors(lambda s: s[-1], steps), steps
+
+    def _forward_streaming(self, x: torch.Tensor, return_steps: bool):
+        if self._streaming is None:
+            self._streaming = _split_static(self.net)
+        static, step = self._streaming
+        boundary = static(x)  # the analog-input side, computed once
+        for m in self.net.modules():
+            if isinstance(m, (TimeCollapse, IFNeuron)):
+                m.reset()
+        outputs = []
+        self.ctx.mode = "streaming"
+        try:
+            for _ in range(self.timesteps):
+                out = step(*boundary)
+                if return_steps:
+                    outputs.append(out)
+        finally:
+            self.ctx.mode = "mean"
+            for m in self.net.modules():  # free the state: it is as large as all activations
+                if isinstance(m, (TimeCollapse, IFNeuron)):
+                    m.reset()
+        if not return_steps:
+            return out
+        steps = _stack_outputs(outputs)
+        return out, steps
 
     def forward_steps(self, x: torch.Tensor):
         """Outputs with the per-step values of the output layer (mode ``steps``), ``[T, N, ...]``."""
@@ -334,6 +392,47 @@ class SpikingModel(nn.Module):
 
 
 # --------------------------------------------------------------------------- conversion
+
+
+def _stack_outputs(outputs: list):
+    """Stack a list of per-step outputs (tensors or tuples/lists/dicts of them) along a new dim 0."""
+    first = outputs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(outputs)
+    if isinstance(first, dict):
+        return {k: _stack_outputs([o[k] for o in outputs]) for k in first}
+    return type(first)(_stack_outputs(list(parts)) for parts in zip(*outputs))
+
+
+def _split_static(net: fx.GraphModule) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """Split a converted graph into the analog-input part (run once) and one time step.
+
+    The step graph takes the static values that the spiking part uses as its inputs.
+    """
+    temporal: set[fx.Node] = set()
+    for node in net.graph.nodes:
+        module = net.get_submodule(node.target) if node.op == "call_module" else None
+        if isinstance(module, GraphNeuron) or any(a in temporal for a in node.all_input_nodes):
+            temporal.add(node)
+    static_nodes = [n for n in net.graph.nodes if n not in temporal and n.op not in ("output", "get_attr")]
+    boundary = [n for n in static_nodes if any(u in temporal or u.op == "output" for u in n.users)]
+
+    static_graph, env = fx.Graph(), {}
+    for node in net.graph.nodes:
+        if node.op == "get_attr" or node in static_nodes:
+            env[node] = static_graph.node_copy(node, env.__getitem__)
+    static_graph.output(tuple(env[n] for n in boundary))
+
+    step_graph, step_env = fx.Graph(), {}
+    for node in boundary:
+        step_env[node] = step_graph.placeholder(node.name)
+    for node in net.graph.nodes:
+        if node.op == "get_attr":
+            step_env[node] = step_graph.node_copy(node, step_env.__getitem__)
+        elif node in temporal or node.op == "output":
+            step_env[node] = step_graph.node_copy(node, step_env.__getitem__)
+    static_gm, step_gm = fx.GraphModule(net, static_graph), fx.GraphModule(net, step_graph)
+    return static_gm, step_gm
 
 
 def _freeze_quantized_weights(model: nn.Module) -> None:
@@ -398,7 +497,8 @@ def _default_timesteps(qmodel: nn.Module) -> int:
     return 2 ** bits.pop() - 1
 
 
-def convert_to_snn(qmodel: nn.Module, timesteps: int | None = None, signed: bool = True) -> SpikingModel:
+def convert_to_snn(qmodel: nn.Module, timesteps: int | None = None, signed: bool = True,
+                   mode: str = "multistep") -> SpikingModel:
     """Convert a quantized ANN (see :func:`fastsnn.quantize_model`) into a :class:`SpikingModel`.
 
     Every ``QuantReLU`` call becomes an IF neuron with ``threshold = alpha`` (membrane starts
@@ -406,6 +506,8 @@ def convert_to_snn(qmodel: nn.Module, timesteps: int | None = None, signed: bool
     ``timesteps`` defaults to ``2**bits - 1``, where the SNN reproduces the quantized ANN's
     first layer exactly. Quantized weights are frozen at their quantized values and eval
     batch norm is folded into the layer before it. ``qmodel`` itself is not modified.
+    ``mode`` is the simulation mode, ``"multistep"`` or ``"streaming"`` (see
+    :class:`SpikingModel`; it can be changed later with ``snn.mode = ...``).
 
     Raises :class:`ConversionError` naming the module when something between spiking layers
     is not linear per time step (max pooling, a functional relu, sigmoid, ...).
@@ -503,7 +605,7 @@ def convert_to_snn(qmodel: nn.Module, timesteps: int | None = None, signed: bool
     net = fx.GraphModule(src, graph, class_name=f"Spiking{type(qmodel).__name__}")
     _fold_batch_norms(net)
     net.recompile()
-    return SpikingModel(net, ctx, signed, layers, _static_linear_modules(net))
+    return SpikingModel(net, ctx, signed, layers, _static_linear_modules(net), mode)
 
 
 def _reaches(gm: fx.GraphModule, hit) -> dict[fx.Node, bool]:

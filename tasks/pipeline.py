@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import ProgressBar
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -112,6 +113,8 @@ def run(cfg: DictConfig) -> dict:
 
     loggers = make_loggers(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not cfg.trainer.get("enable_progress_bar", True):  # `trainer.enable_progress_bar=false` just works
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     conversion = next((c for c in callbacks if isinstance(c, SNNConversion)), None)
     if conversion is None:
         conversion = SNNConversion()

@@ -310,3 +310,21 @@ def test_cuda_models_convert_and_run():
     cpu = convert_to_snn(ann.cpu())
     with torch.no_grad():
         assert torch.allclose(cpu(x.cpu()), out.cpu(), atol=1e-4)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_streaming_mode_gives_the_multistep_outputs(signed):
+    torch.manual_seed(0)
+    ann = quantize_model(_randomize_bn(Net()), 2, alpha_init=1.0).eval()
+    x = torch.randn(5, 1, 8, 8)
+    snn = convert_to_snn(ann, timesteps=7, signed=signed)
+    with torch.no_grad():
+        out, steps = snn(x, return_steps=True)
+        snn.mode = "streaming"
+        s_out, s_steps = snn(x, return_steps=True)
+        plain = snn(x)
+    assert torch.allclose(s_steps, steps, atol=1e-5) and torch.allclose(s_out, out, atol=1e-5)
+    assert torch.allclose(plain, out, atol=1e-5)
+    assert all(n.neuron.v is None for _, n in snn.neurons())  # no state left behind
+    with pytest.raises(ValueError, match="mode"):
+        snn.mode = "fast"
