@@ -257,6 +257,8 @@ class StaticExpand(nn.Module):
         self.always = always
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):  # e.g. a size read off the input: the same at every step
+            return x
         if self.ctx.mode == "streaming" or (not self.always and self.ctx.mode == "mean"):
             return x
         T = self.ctx.timesteps
