@@ -1,0 +1,73 @@
+"""The segmentation configs compose and instantiate: the task defaults and the paper recipes."""
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+
+from fastsnn.quant import QuantConv2d, activation_bits
+from tasks.pipeline import _quantize
+from tasks.segmentation.data import COCOSegDataModule, ShapesSegDataModule, VOCSegDataModule
+from tasks.segmentation.deeplab import DeepLabV1, DeepLabV3
+from tasks.segmentation.module import SegmentationModule
+from tasks.settings import resolve
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def _compose(*overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=["paths.output_dir=/tmp/unused", *overrides])
+
+
+def _build(cfg):
+    datamodule = instantiate(cfg.data)
+    net = instantiate(cfg.model.net, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
+    settings = resolve(cfg.bits, cfg.timesteps, cfg.stages)
+    _quantize(net, settings.bits, cfg.model.quant)
+    module = instantiate(cfg.task.module, net=net, num_classes=datamodule.num_classes)
+    return datamodule, net, module, settings
+
+
+def test_task_segmentation_picks_deeplabv3_on_the_synthetic_data():
+    cfg = _compose("task=segmentation")
+    assert cfg.task.name == "segmentation" and cfg.task.metric == "miou"
+    assert cfg.model.name == "deeplabv3" and cfg.data.root.endswith("/shapes")
+    datamodule, net, module, settings = _build(cfg)
+    assert isinstance(datamodule, ShapesSegDataModule) and isinstance(net, DeepLabV3)
+    assert isinstance(module, SegmentationModule) and module.metric == "miou"
+    assert (datamodule.num_classes, datamodule.in_channels, datamodule.image_size) == (6, 3, 128)
+    # the user's choices win over the task's defaults
+    assert _compose("task=segmentation", "model=deeplabv1").model.name == "deeplabv1"
+    assert _compose("model=deeplabv1", "task=segmentation").model.name == "deeplabv1"
+    # other tasks keep their own defaults
+    assert _compose().model.name != "deeplabv3"
+
+
+RECIPES = {"voc_deeplabv1": (VOCSegDataModule, DeepLabV1, 21), "voc_deeplabv3": (VOCSegDataModule, DeepLabV3, 21),
+           "coco_deeplabv1": (COCOSegDataModule, DeepLabV1, 81), "coco_deeplabv3": (COCOSegDataModule, DeepLabV3, 81)}
+
+
+@pytest.mark.parametrize("experiment", sorted(RECIPES))
+def test_paper_recipes_compose_and_instantiate_at_4_3_and_2_bits(experiment):
+    data_cls, net_cls, num_classes = RECIPES[experiment]
+    net = None
+    for bits in (4, 3, 2):
+        cfg = _compose(f"experiment={experiment}", f"bits={bits}")
+        assert cfg.task.name == "segmentation" and cfg.trainer.max_epochs == 50
+        assert cfg.task.module.optimizer.lr == pytest.approx(0.007)
+        assert cfg.model.quant.weight_bits is None and cfg.data.crop_size == 513
+        if net is None:  # the network is the same at every bit width: build it once
+            datamodule, net, module, settings = _build(cfg)
+            assert isinstance(datamodule, data_cls) and isinstance(net, net_cls)
+            assert datamodule.num_classes == num_classes and net.classifier.out_channels == num_classes
+            assert module.configure_optimizers()["optimizer"].__class__ is torch.optim.SGD
+        else:
+            settings = resolve(cfg.bits, cfg.timesteps, cfg.stages)
+            _quantize(net, settings.bits, cfg.model.quant)
+        assert settings.timesteps == 2**bits - 1
+        assert activation_bits(net) == {bits}
+        assert not any(isinstance(m, QuantConv2d) for m in net.modules())  # float weights

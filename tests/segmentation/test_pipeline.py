@@ -1,0 +1,47 @@
+"""The segmentation task through the shared stages (train -> convert -> finetune -> results)."""
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+
+from tasks.pipeline import run
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+TINY = [
+    "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+    "+trainer.limit_test_batches=1", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+    "callbacks.progress_bar=null", "logger=none", "model.net.width=0.125",
+    "finetune.limit_batches=1", "finetune.limit_val_batches=1", "finetune.measure_batches=1",
+    "finetune.progress=false", "data.batch_size=4", "data.eval_batch_size=4", "data.crop_size=64",
+    "data.progress=false", "+data.splits={train: 8, val: 4, test: 4}",
+]
+
+
+def _config(tmp_path: Path, *overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY, f"paths.output_dir={tmp_path / 'run'}",
+                                           f"paths.data_dir={tmp_path / 'data'}", *overrides],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # group choices resolve as in a real run
+    return cfg
+
+
+@pytest.mark.parametrize("model", ["deeplabv3", "deeplabv1"])
+def test_segmentation_runs_end_to_end_on_the_synthetic_data(tmp_path, model):
+    cfg = _config(tmp_path, "task=segmentation", f"model={model}", "timesteps=3")
+    results = run(cfg)
+    on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
+    for res in (results, on_disk):
+        assert res["task"] == "segmentation" and res["model"] == model and res["data"] == "shapes_seg"
+        assert res["metric"] == "miou" and res["bits"] == 2 and res["timesteps"] == 3
+        for key in ("ann", "snn", "snn_finetuned"):
+            assert 0.0 <= res[key] <= 1.0
+        assert len(res["snn_per_step"]) == 3
+        assert "snn/test_pixel_acc" in res["snn_metrics"]
+        assert res["finetune_layers"]  # layers after the first were fine-tuned
+    assert (tmp_path / "data" / "shapes" / "VOCdevkit" / "VOC2012" / "SegmentationClass").is_dir()
+    assert Path(results["snn_checkpoint"]).is_file()
