@@ -29,7 +29,7 @@ class SNNConversion(Callback):
       ``Trainer`` with this callback ends with an SNN too (the pipeline converts the best
       checkpoint instead, and a full-precision stage has nothing to convert).
     * ``mode``: ``"multistep"`` (fast) or ``"streaming"`` (memory independent of T), see
-      :class:`fastsnn.SpikingModel`.
+      :class:`fastsnn.SpikingModel`; ``compiled``: fuse the neuron loops with torch.compile.
     * In every SNN test pass (``module.eval_label != "ann"``) it converts if no SNN is there
       yet, and logs spike statistics on the first ``stats_batches`` test batches:
       ``<label>/spike_rate``, ``pos_rate``, ``neg_rate``, ``sops``, ``energy_ratio`` and the
@@ -37,9 +37,10 @@ class SNNConversion(Callback):
     """
 
     def __init__(self, timesteps: int | None = None, signed: bool = True, stats_batches: int = 4,
-                 mode: str = "multistep", convert_on_fit_end: bool = False):
+                 mode: str = "multistep", compiled: bool = False, convert_on_fit_end: bool = False):
         self.timesteps = timesteps
         self.mode = mode
+        self.compiled = compiled
         self.convert_on_fit_end = convert_on_fit_end
         self.signed = signed
         self.stats_batches = stats_batches
@@ -47,7 +48,7 @@ class SNNConversion(Callback):
         self.last_stats: dict | None = None
 
     def convert(self, module) -> SpikingModel:
-        snn = convert_to_snn(module.net, self.timesteps, self.signed, self.mode)
+        snn = convert_to_snn(module.net, self.timesteps, self.signed, self.mode, self.compiled)
         module.set_snn(snn.to(module.device))
         return snn
 

@@ -500,7 +500,7 @@ def _default_timesteps(qmodel: nn.Module) -> int:
 
 
 def convert_to_snn(qmodel: nn.Module, timesteps: int | None = None, signed: bool = True,
-                   mode: str = "multistep") -> SpikingModel:
+                   mode: str = "multistep", compiled: bool = False) -> SpikingModel:
     """Convert a quantized ANN (see :func:`fastsnn.quantize_model`) into a :class:`SpikingModel`.
 
     Every ``QuantReLU`` call becomes an IF neuron with ``threshold = alpha`` (membrane starts
@@ -509,7 +509,9 @@ def convert_to_snn(qmodel: nn.Module, timesteps: int | None = None, signed: bool
     first layer exactly. Quantized weights are frozen at their quantized values and eval
     batch norm is folded into the layer before it. ``qmodel`` itself is not modified.
     ``mode`` is the simulation mode, ``"multistep"`` or ``"streaming"`` (see
-    :class:`SpikingModel`; it can be changed later with ``snn.mode = ...``).
+    :class:`SpikingModel`; it can be changed later with ``snn.mode = ...``). ``compiled=True``
+    fuses each neuron layer's T-step loop into one ``torch.compile``-d kernel (see
+    :class:`~fastsnn.neuron.IFNeuron`).
 
     Raises :class:`ConversionError` naming the module when something between spiking layers
     is not linear per time step (max pooling, a functional relu, sigmoid, ...).
@@ -592,7 +594,7 @@ def convert_to_snn(qmodel: nn.Module, timesteps: int | None = None, signed: bool
             calls = neuron_names.get(node.target, 0)
             neuron_names[node.target] = calls + 1
             name = f"{node.target.replace('.', '_')}_neuron" + (f"{calls}" if calls else "")
-            gn = GraphNeuron(IFNeuron(qrelu.alpha.detach(), signed), ctx, constant, node.name, node.target)
+            gn = GraphNeuron(IFNeuron(qrelu.alpha.detach(), signed, compiled), ctx, constant, node.name, node.target)
             src.add_submodule(name, gn.to(qrelu.alpha.device))
             env[node] = graph.call_module(name, (env[inp] if constant else value_for("spiking", inp),))
             layers.append(SpikingLayer(name=name, path=node.target, constant_input=constant))

@@ -36,6 +36,36 @@ def if_step(x_t, v, count, threshold, signed: bool):
     return spikes, v, count
 
 
+def if_multistep(x: torch.Tensor, threshold: torch.Tensor, signed: bool, timesteps: int, constant: bool):
+    """Run T steps from the initial state; ``x`` is ``[T, ...]``, or ``[...]`` when ``constant``.
+
+    Returns ``spikes * threshold`` as ``[T, ...]``. Membranes accumulate in at least float32.
+    """
+    like = x if constant else x[0]
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    theta = threshold.to(dtype)
+    v = torch.full_like(like, 0.5, dtype=dtype) * theta
+    count = torch.zeros_like(v)
+    outs = []
+    for t in range(timesteps):
+        spikes, v, count = if_step(x if constant else x[t], v, count, theta, signed)
+        outs.append((spikes * theta).to(like.dtype))
+    return torch.stack(outs)
+
+
+_compiled_multistep = None
+
+
+def _multistep_fn(compiled: bool):
+    """The eager loop, or one fused kernel (torch.compile) that reads and writes each element once."""
+    global _compiled_multistep
+    if not compiled:
+        return if_multistep
+    if _compiled_multistep is None:
+        _compiled_multistep = torch.compile(if_multistep, dynamic=True)
+    return _compiled_multistep
+
+
 class IFNeuron(nn.Module):
     """A layer of integrate-and-fire neurons sharing one threshold.
 
@@ -44,44 +74,30 @@ class IFNeuron(nn.Module):
     that is identical at every step (the first layer under direct encoding) without
     materialising ``T`` copies of it. ``step(x_t)`` advances a persistent state one step
     at a time (streaming simulation); ``reset()`` clears that state.
+
+    ``compiled=True`` runs the T-step loop as one ``torch.compile``-d kernel (much faster on
+    CPU and GPU; the first call per shape and T compiles for a few seconds).
     """
 
-    def __init__(self, threshold: float | torch.Tensor, signed: bool = True):
+    def __init__(self, threshold: float | torch.Tensor, signed: bool = True, compiled: bool = False):
         super().__init__()
         threshold = torch.as_tensor(threshold, dtype=torch.float32).detach().clone().reshape(-1)
         if threshold.numel() != 1 or threshold.item() <= 0:
             raise ValueError(f"IFNeuron needs one positive threshold, got {threshold.tolist()}")
         self.register_buffer("threshold", threshold)
         self.signed = signed
+        self.compiled = compiled
         self.v: torch.Tensor | None = None
         self.count: torch.Tensor | None = None
 
     def extra_repr(self) -> str:
         return f"threshold={self.threshold.item():.4g}, signed={self.signed}"
 
-    def _initial_state(self, like: torch.Tensor):
-        # membranes accumulate in at least float32, even under half-precision autocast
-        dtype = torch.promote_types(like.dtype, torch.float32)
-        theta = self.threshold.to(dtype)
-        v = torch.full(like.shape, 0.5, dtype=dtype, device=like.device) * theta
-        count = torch.zeros(like.shape, dtype=dtype, device=like.device) if self.signed else None
-        return v, count, theta
-
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        v, count, theta = self._initial_state(x_seq[0])
-        out = torch.empty(x_seq.shape, dtype=x_seq.dtype, device=x_seq.device)
-        for t in range(x_seq.shape[0]):
-            spikes, v, count = if_step(x_seq[t], v, count, theta, self.signed)
-            out[t] = spikes * theta
-        return out
+        return _multistep_fn(self.compiled)(x_seq, self.threshold, self.signed, x_seq.shape[0], False)
 
     def forward_constant(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
-        v, count, theta = self._initial_state(x)
-        out = torch.empty((timesteps, *x.shape), dtype=x.dtype, device=x.device)
-        for t in range(timesteps):
-            spikes, v, count = if_step(x, v, count, theta, self.signed)
-            out[t] = spikes * theta
-        return out
+        return _multistep_fn(self.compiled)(x, self.threshold, self.signed, timesteps, True)
 
     def reset(self) -> None:
         self.v = None
@@ -89,7 +105,9 @@ class IFNeuron(nn.Module):
 
     def step(self, x_t: torch.Tensor) -> torch.Tensor:
         if self.v is None:
-            self.v, self.count, _ = self._initial_state(x_t)
+            dtype = torch.promote_types(x_t.dtype, torch.float32)
+            self.v = torch.full_like(x_t, 0.5, dtype=dtype) * self.threshold.to(dtype)
+            self.count = torch.zeros_like(self.v) if self.signed else None
         theta = self.threshold.to(self.v.dtype)
         spikes, self.v, self.count = if_step(x_t, self.v, self.count, theta, self.signed)
         return (spikes * theta).to(x_t.dtype)

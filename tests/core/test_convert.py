@@ -328,3 +328,13 @@ def test_streaming_mode_gives_the_multistep_outputs(signed):
     assert all(n.neuron.v is None for _, n in snn.neurons())  # no state left behind
     with pytest.raises(ValueError, match="mode"):
         snn.mode = "fast"
+
+
+def test_compiled_neurons_give_the_eager_outputs():
+    torch.manual_seed(0)
+    ann = quantize_model(_randomize_bn(Net()), 2, alpha_init=1.0).eval()
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        eager = convert_to_snn(ann)(x, return_steps=True)
+        fused = convert_to_snn(ann, compiled=True)(x, return_steps=True)
+    assert torch.allclose(eager[1], fused[1], atol=1e-5)
