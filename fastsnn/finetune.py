@@ -129,7 +129,7 @@ class LayerReport:
     name: str
     path: str  # the ANN module path of its activation
     mse_before: float
-    mse_after: float
+    mse_after: float  # after the tuning attempt; when not kept the layer is back at mse_before
     train_loss: float
     kept: bool = True
     score: float | None = None  # validate(snn) after this layer, when a validate callable is given
