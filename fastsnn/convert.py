@@ -205,7 +205,7 @@ class GraphNeuron(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.ctx.mode == "streaming":
-            return self.neuron.step(x)
+            return self.neuron.step(x, horizon=self.ctx.timesteps)
         T = self.ctx.timesteps
         if self.constant_input:
             out = self.neuron.forward_constant(x, T)
@@ -231,7 +231,10 @@ class TimeCollapse(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.ctx.mode == "streaming":  # running mean of the steps seen so far
-            self.total = x if self.total is None else self.total + x
+            if self.total is None:
+                self.total = x.clone()  # our own buffer: accumulated in place below
+            else:
+                self.total.add_(x)
             self.count += 1
             return self.total / self.count
         if self.ctx.mode == "steps":

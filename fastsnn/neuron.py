@@ -46,11 +46,21 @@ def if_multistep(x: torch.Tensor, threshold: torch.Tensor, signed: bool, timeste
     theta = threshold.to(dtype)
     v = torch.full_like(like, 0.5, dtype=dtype) * theta
     count = torch.zeros_like(v)
-    outs = []
+    # written step by step into one [T, ...] buffer (a list + torch.stack would hold it twice)
+    out = torch.empty((timesteps, *like.shape), dtype=like.dtype, device=like.device)
     for t in range(timesteps):
         spikes, v, count = if_step(x if constant else x[t], v, count, theta, signed)
-        outs.append((spikes * theta).to(like.dtype))
-    return torch.stack(outs)
+        out[t] = spikes * theta
+    return out
+
+
+def count_dtype(horizon: int | None) -> torch.dtype:
+    """Smallest integer type that holds a net spike count in ``[0, horizon]``."""
+    if horizon is not None and horizon <= 127:
+        return torch.int8
+    if horizon is not None and horizon <= 32767:
+        return torch.int16
+    return torch.int32
 
 
 _compiled_multistep = None
@@ -103,11 +113,30 @@ class IFNeuron(nn.Module):
         self.v = None
         self.count = None
 
-    def step(self, x_t: torch.Tensor) -> torch.Tensor:
+    def step(self, x_t: torch.Tensor, horizon: int | None = None) -> torch.Tensor:
+        """Advance the persistent state by one step; returns ``spikes * threshold``.
+
+        The same arithmetic as :func:`if_step` (so the same outputs as the multi-step run), done
+        in place to keep the state small: the membrane ``v`` (float32) is updated in place and
+        the net spike count of a signed neuron is an integer tensor, int8 when ``horizon`` (the
+        number of steps this state will see, at most) is <= 127. Between steps the state is
+        ``v`` (4 bytes per neuron) plus ``count`` (1 byte, signed neurons only).
+        """
         if self.v is None:
             dtype = torch.promote_types(x_t.dtype, torch.float32)
             self.v = torch.full_like(x_t, 0.5, dtype=dtype) * self.threshold.to(dtype)
-            self.count = torch.zeros_like(self.v) if self.signed else None
-        theta = self.threshold.to(self.v.dtype)
-        spikes, self.v, self.count = if_step(x_t, self.v, self.count, theta, self.signed)
-        return (spikes * theta).to(x_t.dtype)
+            self.count = torch.zeros_like(x_t, dtype=count_dtype(horizon)) if self.signed else None
+        v = self.v
+        theta = self.threshold.to(v.dtype)
+        v.add_(x_t)
+        positive = v >= theta
+        spikes = positive.to(v.dtype)
+        if self.signed:
+            negative = v < -TOLERANCE * theta
+            negative &= self.count > 0  # (where negative, v < threshold: no positive spike)
+            spikes.masked_fill_(negative, -1.0)
+            self.count += positive
+            self.count.sub_(negative.to(self.count.dtype))
+        spikes.mul_(theta)  # the output value s * theta, and the reset
+        v.sub_(spikes)
+        return spikes.to(x_t.dtype)
