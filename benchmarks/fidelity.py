@@ -92,6 +92,7 @@ def run_model(model: str, data: dict, args, log) -> dict:
     fp = train(build(model, args.width_scale, args.seed), data["train"], args.fp_epochs, lr=args.lr,
                seed=args.seed)
     res = {"model": model, "width": MODELS[model]["width"] * args.width_scale,
+           "epochs_per_layer": args.epochs_per_layer[model],
            "float_ann": accuracy(fp, data["test"]), "train_float_s": time.perf_counter() - t0,
            "spikingjelly": [], "ours": []}
     log(f"{model}: float ANN {res['float_ann']:.2f}% ({res['train_float_s']:.0f} s)")
@@ -117,13 +118,13 @@ def run_model(model: str, data: dict, args, log) -> dict:
                "train_s": time.perf_counter() - t0, "curves": {}, "at_T": {}, "stats": {}}
         grid = sorted({t for t in args.our_timesteps if t <= args.our_max_t} | {T})
         for variant in VARIANTS:
-            snn = fastsnn.convert_to_snn(qmodel, timesteps=T, signed=variant != "unsigned")
+            snn = fastsnn.convert_to_snn(qmodel, timesteps=T, signed=variant != "unsigned", compiled=args.compiled)
             if variant == "signed_ft":
                 batches = list(loader(data["train"], batch_size=64, shuffle=True, seed=args.seed))
                 validate = (lambda s: accuracy(s, data["val"])) if args.validate else None
                 t1 = time.perf_counter()
-                reports = fastsnn.layerwise_finetune(qmodel, snn, batches, epochs_per_layer=args.epochs_per_layer,
-                                                     validate=validate)
+                reports = fastsnn.layerwise_finetune(qmodel, snn, batches, validate=validate,
+                                                     epochs_per_layer=args.epochs_per_layer[model])
                 row["finetune_s"] = time.perf_counter() - t1
                 row["finetune_layers"] = [{"path": r.path, "mse_before": r.mse_before, "mse_after": r.mse_after,
                                            "kept": r.kept, "val_acc": r.score} for r in reports]
@@ -193,7 +194,8 @@ def markdown(result: dict) -> str:
              f"one image = {100 / result['splits']['test']:.2f} points)",
              "", f"Activations quantized to b bits, weights {'quantized (APoT, b bits)' if cfg['weight_bits'] == 'same' else 'full precision'}; "
               f"{cfg['fp_epochs']} float epochs, then {cfg['q_epochs']} epochs per bit width (4 -> 3 -> 2); fine-tuning "
-              f"{cfg['epochs_per_layer']} epoch/layer at T = 2^b - 1{', validation-gated' if cfg['validate'] else ''}. "
+              f"at T = 2^b - 1 ({', '.join(f'{m}: {n} epoch(s)/layer' for m, n in cfg['epochs_per_layer'].items() if m in cfg['models'])}"
+              f"{', validation-gated' if cfg['validate'] else ''}). "
               "Accuracy in %.", ""]
     for res in result["results"]:
         lines += [f"#### {res['model']} (width {res['width']:g}): float ANN {res['float_ann']:.2f}", ""]
@@ -249,7 +251,11 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--q-lr", type=float, default=0.02)
     p.add_argument("--alpha-init", type=float, default=2.0)
-    p.add_argument("--epochs-per-layer", type=int, default=1)
+    p.add_argument("--epochs-per-layer", nargs="+", default=None, metavar="[MODEL=]N",
+                   help="fine-tuning epochs per layer, one number or per model (default vgg11=1 resnet20=4: "
+                        "METHOD.md gives 1 by default and up to 8 for deep nets; ResNet-20 has 19 neuron layers)")
+    p.add_argument("--no-compile", dest="compiled", action="store_false",
+                   help="eager neuron loops (default: torch.compile-fused, faster fine-tuning)")
     p.add_argument("--no-validate", dest="validate", action="store_false",
                    help="keep every layer's fine-tuning (default: only if validation accuracy does not drop)")
     p.add_argument("--sj-modes", nargs="*", default=list(SJ_MODES), help="SpikingJelly modes (none to skip)")
@@ -274,6 +280,16 @@ def parse_args(argv=None):
     args.our_max_t = args.our_max_t or (31 if q else 63)
     args.our_timesteps = sorted(args.our_timesteps or [1, 2, 3, 4, 5, 7, 15, 31, 63])
     args.name = args.name or ("fidelity_quick" if q else "fidelity")
+    epl = {"vgg11": 1, "resnet20": 4}
+    for item in args.epochs_per_layer or []:
+        if "=" in item:
+            name, n = item.split("=", 1)
+            if name not in MODELS:
+                p.error(f"--epochs-per-layer: unknown model {name!r}")
+            epl[name] = int(n)
+        else:
+            epl = {name: int(item) for name in MODELS}
+    args.epochs_per_layer = epl
     return args
 
 

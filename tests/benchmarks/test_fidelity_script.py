@@ -11,7 +11,7 @@ from benchmarks import bench_utils, fidelity
 HAVE_SJ = bench_utils.spikingjelly_version() is not None
 TINY = ["--models", "vgg11", "resnet20", "--width-scale", "0.25", "--subset", "48", "--fp-epochs", "1",
         "--q-epochs", "1", "--bits", "2", "--sj-timesteps", "1", "3", "7", "--our-timesteps", "1", "2", "3",
-        "--our-max-t", "3", "--stats-images", "8"]
+        "--our-max-t", "3", "--stats-images", "8", "--epochs-per-layer", "1", "--no-compile"]
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_runs_without_spikingjelly(tmp_path, monkeypatch, capsys):
     try:
         result = fidelity.main(["--models", "vgg11", "--width-scale", "0.25", "--subset", "24", "--fp-epochs", "0",
                                 "--q-epochs", "0", "--bits", "2", "--our-timesteps", "1", "3", "--our-max-t", "3",
-                                "--stats-images", "4", "--no-validate", "--out-dir", str(tmp_path)])
+                                "--stats-images", "4", "--no-validate", "--no-compile", "--out-dir", str(tmp_path)])
     finally:
         torch.set_num_threads(threads)
     assert "SpikingJelly not installed: skipped" in capsys.readouterr().err
