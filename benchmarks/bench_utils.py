@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # torch.profiler (memory) start/stop chatter
-
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -168,7 +166,7 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
     def run():
         fn()  # the output is dropped here, inside the profiled region
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         run()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]")
@@ -177,6 +175,25 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
         current += nbytes
         peak = max(peak, current)
     return int(peak)
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """Mute file descriptor 2 (the profiler's C++ start / stop log lines), restored afterwards."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (e.g. captured): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 # --------------------------------------------------------------------------- SpikingJelly

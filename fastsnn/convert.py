@@ -370,7 +370,11 @@ class SpikeConv2d(nn.Conv2d):
         else:
             cols = torch.cat([xi[:, i * dh:i * dh + (Ho - 1) * sh + 1:sh, j * dw:j * dw + (Wo - 1) * sw + 1:sw, :]
                               for i in range(kh) for j in range(kw)], dim=3)
-        y = torch._int_mm(cols.reshape(B * Ho * Wo, -1), w)
+        try:
+            y = torch._int_mm(cols.reshape(B * Ho * Wo, -1), w)
+        except RuntimeError:  # a shape / layout this device's int8 GEMM does not take: stay float
+            self._int_cache = None
+            return super().forward(x)
         out = torch.addcmul(bias, y.to(torch.float32), scale)
         return out.view(B, Ho, Wo, self.out_channels).permute(0, 3, 1, 2)  # channels-last memory
 
