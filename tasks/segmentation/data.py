@@ -97,9 +97,12 @@ class RandomScale(v2.Transform):
 
 
 def build_transforms(train: bool, crop_size: int | None, scale_range: Sequence[float] | None,
-                     flip: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
-    """Joint image/mask transforms: normalise; for training, scale, crop (pad 0 / 255) and flip."""
-    ops: list = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+                     flip: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                     resize: int | None = None) -> v2.Compose:
+    """Joint image/mask transforms: optionally resize (every split), normalise; for training,
+    scale, crop (pad 0 / 255) and flip."""
+    ops: list = [v2.Resize(resize, antialias=True)] if resize else []
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     if train:
         if scale_range is not None:
             ops.append(RandomScale(scale_range))
@@ -312,6 +315,8 @@ class SegmentationDataModule(L.LightningDataModule):
         scale_range: random scale factors for training; ``None``: no scaling.
         flip: random horizontal flips for training.
         eval_batch_size: batch size of validation / test (default: ``batch_size``).
+        resize: resize every image (and mask, nearest) of every split so that its shorter
+            side has this many pixels, before anything else; ``None``: native size.
     """
 
     dataset_name = "segmentation data"
@@ -320,11 +325,12 @@ class SegmentationDataModule(L.LightningDataModule):
     def __init__(self, num_classes: int, batch_size: int = 16, num_workers: int = 0,
                  crop_size: int | None = None, scale_range: Sequence[float] | None = (0.5, 2.0),
                  flip: bool = True, eval_batch_size: int | None = None, pin_memory: bool = False,
-                 image_size: int | None = None) -> None:
+                 image_size: int | None = None, resize: int | None = None) -> None:
         super().__init__()
         self.num_classes = int(num_classes)
         self.in_channels = 3
-        self.image_size = image_size if image_size is not None else crop_size
+        self.resize = int(resize) if resize else None
+        self.image_size = self.resize or (image_size if image_size is not None else crop_size)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -350,7 +356,7 @@ class SegmentationDataModule(L.LightningDataModule):
         if stage not in self.datasets:
             self._check_layout()
             train = stage == "train"
-            transforms = build_transforms(train, self.crop_size, self.scale_range, self.flip)
+            transforms = build_transforms(train, self.crop_size, self.scale_range, self.flip, resize=self.resize)
             self.datasets[stage] = SegmentationSamples(self._reader(self.splits[stage]), self.num_classes,
                                                        transforms, self.dataset_name)
         return self.datasets[stage]
@@ -395,9 +401,10 @@ class ShapesSegDataModule(SegmentationDataModule):
     def __init__(self, root: str | os.PathLike, batch_size: int = 16, num_workers: int = 0,
                  crop_size: int | None = 128, scale_range: Sequence[float] | None = (0.75, 1.25),
                  flip: bool = True, eval_batch_size: int | None = None, pin_memory: bool = False,
-                 progress: bool = True, splits: dict[str, int] | None = None) -> None:
+                 progress: bool = True, splits: dict[str, int] | None = None,
+                 resize: int | None = None) -> None:
         super().__init__(1 + len(SHAPE_CLASSES), batch_size, num_workers, crop_size, scale_range, flip,
-                         eval_batch_size, pin_memory, image_size=128)
+                         eval_batch_size, pin_memory, image_size=128, resize=resize)
         self.root = Path(root).expanduser()
         self.progress = progress
         self.generator_splits = dict(splits) if splits else None

@@ -39,7 +39,8 @@ def test_task_segmentation_picks_deeplabv3_on_the_synthetic_data():
     datamodule, net, module, settings = _build(cfg)
     assert isinstance(datamodule, ShapesSegDataModule) and isinstance(net, DeepLabV3)
     assert isinstance(module, SegmentationModule) and module.metric == "miou"
-    assert (datamodule.num_classes, datamodule.in_channels, datamodule.image_size) == (6, 3, 128)
+    assert (datamodule.num_classes, datamodule.in_channels, datamodule.image_size) == (6, 3, 64)  # read at 64 px
+    assert cfg.trainer.max_epochs == 50 and cfg.finetune.limit_batches == 16  # the task's CPU budget
     # the user's choices win over the task's defaults
     assert _compose("task=segmentation", "model=deeplabv1").model.name == "deeplabv1"
     assert _compose("model=deeplabv1", "task=segmentation").model.name == "deeplabv1"

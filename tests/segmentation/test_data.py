@@ -269,6 +269,15 @@ def test_shapes_data_is_deterministic_and_is_the_shared_generators_scenes(tmp_pa
     assert (tmp_path / "a" / "VOCdevkit/VOC2012/ImageSets/Segmentation/test.txt").is_file()
 
 
+def test_shapes_data_can_be_read_at_a_smaller_size(tmp_path):
+    dm = _plain(ShapesSegDataModule, tmp_path, splits=SMALL, progress=False, resize=64)
+    assert dm.image_size == 64
+    img, mask = dm.dataset("val")[1]
+    assert img.shape == (3, 64, 64) and mask.shape == (64, 64)
+    _, _, class_mask = generate_scene(scene_rng(0, "val", 1))
+    assert torch.equal(mask, torch.from_numpy(class_mask[::2, ::2]).long())  # nearest: ids kept
+
+
 def test_shapes_root_with_other_parameters_is_refused(tmp_path):
     _plain(ShapesSegDataModule, tmp_path, splits=SMALL, progress=False).prepare_data()
     with pytest.raises(ValueError, match="different parameters"):
