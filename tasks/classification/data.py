@@ -13,7 +13,6 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,7 @@ from torchvision import transforms as T
 from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from tasks.common.data import DataError, data_error, make_loader, require_paths
+from tasks.common.data import DataError, SplitDataModule, data_error, require_paths
 
 __all__ = ["DigitsDataModule", "CIFARDataModule", "ImageNetDataModule"]
 
@@ -62,7 +61,7 @@ class _TransformedTensorDataset(Dataset):
         return self.transform(self.images[i]), self.labels[i]
 
 
-class DigitsDataModule(L.LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes, no download).
 
     A fixed stratified train/val/test split (seeded by ``split_seed`` only, independent of the
@@ -152,23 +151,6 @@ class DigitsDataModule(L.LightningDataModule):
         self.val_dataset = TensorDataset(*subset("val"))
         self.test_dataset = TensorDataset(*subset("test"))
 
-    def _loader(self, dataset, shuffle: bool):
-        return make_loader(
-            dataset,
-            self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-        )
-
-    def train_dataloader(self):
-        return self._loader(self.train_dataset, shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader(self.val_dataset, shuffle=False)
-
-    def test_dataloader(self):
-        return self._loader(self.test_dataset, shuffle=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,7 +311,7 @@ class _CheckedCIFAR100(_CheckedCIFARMixin, CIFAR100):
 _CIFAR_DATASETS = {"cifar10": _CheckedCIFAR10, "cifar100": _CheckedCIFAR100}
 
 
-class CIFARDataModule(L.LightningDataModule):
+class CIFARDataModule(SplitDataModule):
     """CIFAR-10 / CIFAR-100 from the official python pickle batches under ``root``.
 
     Expected layout: ``root/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}`` or
@@ -391,23 +373,6 @@ class CIFARDataModule(L.LightningDataModule):
         if self.test_dataset is None:
             self.test_dataset = cls(self.root, train=False, transform=self._transforms(train=False))
 
-    def _loader(self, dataset, shuffle: bool):
-        return make_loader(
-            dataset,
-            self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-        )
-
-    def train_dataloader(self):
-        return self._loader(self.train_dataset, shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader(self.test_dataset, shuffle=False)
-
-    def test_dataloader(self):
-        return self._loader(self.test_dataset, shuffle=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -439,7 +404,7 @@ def _class_folders(directory: Path) -> list[str]:
         return sorted(entry.name for entry in it if entry.is_dir())
 
 
-class ImageNetDataModule(L.LightningDataModule):
+class ImageNetDataModule(SplitDataModule):
     """ImageNet (ILSVRC2012) as ``torchvision.datasets.ImageFolder`` on ``root/train`` and ``root/val``.
 
     ``root/val`` must use the same class-folder layout as ``root/train``: the official flat
@@ -534,20 +499,3 @@ class ImageNetDataModule(L.LightningDataModule):
         if self.val_dataset is None:
             self.val_dataset = self._folder("val", train=False)
 
-    def _loader(self, dataset, shuffle: bool):
-        return make_loader(
-            dataset,
-            self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-        )
-
-    def train_dataloader(self):
-        return self._loader(self.train_dataset, shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader(self.val_dataset, shuffle=False)
-
-    def test_dataloader(self):
-        return self._loader(self.test_dataset, shuffle=False)

@@ -11,6 +11,7 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -98,3 +99,24 @@ def make_loader(
         persistent_workers=num_workers > 0,
         worker_init_fn=seed_worker if num_workers > 0 else None,
     )
+
+
+class SplitDataModule(L.LightningDataModule):
+    """Data loaders over ``train_dataset`` / ``val_dataset`` / ``test_dataset``, built in ``setup``.
+
+    Subclasses set those three (a property may stand for one, e.g. val = test) and have
+    ``batch_size``, ``num_workers`` and ``pin_memory``; training batches are shuffled.
+    """
+
+    def _loader(self, dataset, shuffle: bool):
+        return make_loader(dataset, self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                           pin_memory=self.pin_memory)
+
+    def train_dataloader(self):
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_dataset, shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_dataset, shuffle=False)
