@@ -57,7 +57,7 @@ def trained():
 def test_loss_decreases_on_a_tiny_overfit_batch(trained):
     _, _, _, losses = trained
     assert all(np.isfinite(losses))
-    assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:3]), losses[::10]
+    assert np.mean(losses[-5:]) < 0.1 * np.mean(losses[:3]), losses[::10]
 
 
 def test_the_trained_model_finds_its_training_boxes(trained):
@@ -102,10 +102,14 @@ def test_snn_first_layer_equals_the_quantized_ann_and_the_output_agrees(trained)
     assert torch.allclose(rate, captured["ann"], atol=1e-5)  # the first layer is exact
     assert (captured["ann"] > 0).float().mean() > 0.05  # ... and not trivially zero
     # the prediction map (the analog output layer on the mean over T) follows the ANN closely
-    rel = (snn_out - ann_out).norm() / (ann_out - ann_out.mean()).norm()
-    assert rel < 0.25, rel
+    def rel_error(out):
+        return ((out - ann_out).norm() / (ann_out - ann_out.mean()).norm()).item()
+
+    assert rel_error(snn_out) < 0.15, rel_error(snn_out)  # ~0.07 measured
     cos = nn.functional.cosine_similarity(snn_out.flatten(), ann_out.flatten(), dim=0)
-    assert cos > 0.97, cos
+    assert cos > 0.99, cos
+    with torch.no_grad():  # the unsigned baseline drifts further (sequential error)
+        assert rel_error(convert_to_snn(net, timesteps=7, signed=False)(images)) > rel_error(snn_out)
 
 
 def _node_name(snn, module_name):
