@@ -13,6 +13,8 @@ ANN's grid, whatever order its input spikes arrive in (the paper's fix for the
 """
 from __future__ import annotations
 
+import types
+
 import torch
 from torch import nn
 
@@ -63,17 +65,26 @@ def count_dtype(horizon: int | None) -> torch.dtype:
     return torch.int32
 
 
-_compiled_multistep = None
+_compiled_multistep: dict[tuple, object] = {}
 
 
-def _multistep_fn(compiled: bool):
-    """The eager loop, or one fused kernel (torch.compile) that reads and writes each element once."""
-    global _compiled_multistep
+def _multistep_fn(compiled: bool, timesteps: int = 0, signed: bool = True, constant: bool = False):
+    """The eager loop, or one fused kernel (torch.compile) that reads and writes each element once.
+
+    The loop is unrolled, so every (T, signed, constant) needs its own kernel. Each gets its own
+    copy of the function's code object: torch.compile keeps its kernels per code object and
+    silently falls back to the eager loop once one code object has 8 of them (dynamo's
+    ``recompile_limit``), which a network evaluated at several T used to reach.
+    """
     if not compiled:
         return if_multistep
-    if _compiled_multistep is None:
-        _compiled_multistep = torch.compile(if_multistep, dynamic=True)
-    return _compiled_multistep
+    key = (timesteps, signed, constant)
+    if key not in _compiled_multistep:
+        code = if_multistep.__code__.replace(
+            co_name=f"if_multistep_T{timesteps}_{'signed' if signed else 'unsigned'}{'_constant' if constant else ''}")
+        fn = types.FunctionType(code, if_multistep.__globals__, code.co_name, if_multistep.__defaults__)
+        _compiled_multistep[key] = torch.compile(fn, dynamic=True)
+    return _compiled_multistep[key]
 
 
 class IFNeuron(nn.Module):
@@ -104,10 +115,12 @@ class IFNeuron(nn.Module):
         return f"threshold={self.threshold.item():.4g}, signed={self.signed}"
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        return _multistep_fn(self.compiled)(x_seq, self.threshold, self.signed, x_seq.shape[0], False)
+        T = x_seq.shape[0]
+        return _multistep_fn(self.compiled, T, self.signed, False)(x_seq, self.threshold, self.signed, T, False)
 
     def forward_constant(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
-        return _multistep_fn(self.compiled)(x, self.threshold, self.signed, timesteps, True)
+        fn = _multistep_fn(self.compiled, timesteps, self.signed, True)
+        return fn(x, self.threshold, self.signed, timesteps, True)
 
     def reset(self) -> None:
         self.v = None

@@ -124,3 +124,33 @@ def test_streaming_state_is_small_and_its_memory_does_not_grow_with_t():
                 mem[mode, T] = peak_memory_bytes(lambda: s(x), torch.device("cpu"))
     assert mem["streaming", 15] == mem["streaming", 3]
     assert mem["multistep", 15] > 3 * mem["multistep", 3] / 2 and mem["streaming", 15] < mem["multistep", 15] / 2
+
+
+
+def test_compiled_neurons_get_one_code_object_per_kernel(monkeypatch):
+    """torch.compile keeps its kernels per code object and silently runs the eager loop once one
+    code object has 8 of them; the unrolled T loop needs a kernel per (T, signed, constant), so
+    each gets its own code object (a model evaluated at 5 T used to hit the limit)."""
+    from fastsnn import neuron as neuron_mod
+
+    compiled_codes = []
+
+    def fake_compile(fn, dynamic=None):
+        compiled_codes.append(fn.__code__)
+        return fn  # the (identical) eager function under its new code object
+
+    monkeypatch.setattr(neuron_mod.torch, "compile", fake_compile)
+    monkeypatch.setattr(neuron_mod, "_compiled_multistep", {})
+    torch.manual_seed(0)
+    q = fastsnn.quantize_model(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 8),
+                                             nn.ReLU(), nn.Linear(8, 3)), 2, alpha_init=1.0).eval()
+    x = torch.randn(2, 1, 4, 4)
+    compiled, eager = fastsnn.convert_to_snn(q, compiled=True), fastsnn.convert_to_snn(q)
+    with torch.no_grad():
+        for T in range(1, 6):
+            compiled.timesteps = eager.timesteps = T
+            for _ in range(2):
+                assert torch.equal(compiled(x), eager(x))
+    assert len(compiled_codes) == 10 == len(set(map(id, compiled_codes)))  # 5 T x (constant, spiking)
+    assert all(c is not neuron_mod.if_multistep.__code__ for c in compiled_codes)
+    assert {c.co_name for c in compiled_codes} >= {"if_multistep_T5_signed", "if_multistep_T5_signed_constant"}
