@@ -18,7 +18,7 @@ within 1 point of the float ANN. Writes ``benchmarks/results/fidelity.{json,md}`
 (``fidelity_quick`` with ``--quick``) and prints the markdown tables.
 
     python benchmarks/fidelity.py            # full run (~30-40 min on a shared 2-core CPU)
-    python benchmarks/fidelity.py --quick    # short run (fewer epochs, 2 bits, T <= 63; < 10 min)
+    python benchmarks/fidelity.py --quick    # short run (fewer epochs, 2 bits, T <= 31; < 10 min)
 """
 from __future__ import annotations
 
@@ -241,7 +241,8 @@ def markdown(result: dict) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="short run: fewer epochs, 2 bits only, T <= 63")
+    p.add_argument("--quick", action="store_true",
+                   help="short run: 4 + 2 epochs, 2 bits only, 1 fine-tuning epoch per layer, T <= 31 (< 10 min)")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--bits", nargs="+", type=int, default=None, help="activation bits (default 2 3 4; quick 2)")
     p.add_argument("--weight-bits", choices=("none", "same"), default="none",
@@ -274,13 +275,15 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     q = args.quick
     args.bits = args.bits or ([2] if q else [2, 3, 4])
-    args.fp_epochs = args.fp_epochs if args.fp_epochs is not None else (6 if q else 20)
-    args.q_epochs = args.q_epochs if args.q_epochs is not None else (3 if q else 8)
-    args.sj_timesteps = sorted(args.sj_timesteps or [t for t in SJ_TIMESTEPS if not q or t <= 63])
-    args.our_max_t = args.our_max_t or (31 if q else 63)
+    args.fp_epochs = args.fp_epochs if args.fp_epochs is not None else (4 if q else 20)
+    args.q_epochs = args.q_epochs if args.q_epochs is not None else (2 if q else 8)
+    args.sj_timesteps = sorted(args.sj_timesteps or [t for t in SJ_TIMESTEPS if not q or t <= 31])
+    args.our_max_t = args.our_max_t or (15 if q else 63)
+    if q:
+        args.stats_images = min(args.stats_images, 128)
     args.our_timesteps = sorted(args.our_timesteps or [1, 2, 3, 4, 5, 7, 15, 31, 63])
     args.name = args.name or ("fidelity_quick" if q else "fidelity")
-    epl = {"vgg11": 1, "resnet20": 4}
+    epl = {"vgg11": 1, "resnet20": 1 if q else 4}
     for item in args.epochs_per_layer or []:
         if "=" in item:
             name, n = item.split("=", 1)
