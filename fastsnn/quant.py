@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -114,13 +115,18 @@ def uniform_levels(magnitude_bits: int) -> tuple[float, ...]:
     return tuple(i / steps for i in range(steps + 1))
 
 
-def project_to_levels(u: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+def project_to_levels(u: torch.Tensor, levels: Sequence[float]) -> torch.Tensor:
     """Nearest level (``levels`` sorted, in [0, 1]) for every element of ``u`` in [0, 1].
 
-    Binary search on the mid-points: O(log L) per element, no [numel, L] distance tensor.
+    One compare-and-add pass per mid-point between levels (at most 2**bits - 1 of them): no
+    [numel, L] distance tensor, and on CPU several times faster than ``bucketize`` + gather,
+    which dominated the quantized training step.
     """
-    mids = (levels[1:] + levels[:-1]) / 2
-    return levels[torch.bucketize(u, mids)]
+    levels = [float(v) for v in levels]
+    q = torch.full_like(u, levels[0])
+    for lo, hi in zip(levels[:-1], levels[1:]):
+        q.add_((u > (lo + hi) / 2).to(u.dtype), alpha=hi - lo)
+    return q
 
 
 class _WeightQuantFunction(torch.autograd.Function):
@@ -134,7 +140,7 @@ class _WeightQuantFunction(torch.autograd.Function):
     def forward(ctx, w, alpha, levels):
         u = w / alpha
         c = u.clamp(-1.0, 1.0)
-        q = torch.sign(c) * project_to_levels(c.abs(), levels)
+        q = project_to_levels(c.abs(), levels).copysign_(c)
         ctx.save_for_backward(u, q)
         return q * alpha
 
@@ -192,7 +198,7 @@ class WeightQuantizer(nn.Module):
         self._bits = bits
         if bits is not None and self.mode != "max":
             make = apot_levels if self.mode == "apot" else uniform_levels
-            self.register_buffer("levels", torch.tensor(make(bits - 1)), persistent=False)
+            self.levels = make(bits - 1)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.bits is None:
@@ -201,8 +207,7 @@ class WeightQuantizer(nn.Module):
             return _MaxScaledFunction.apply(w, self.bits)
         std = w.std().clamp_min(1e-8)
         w = (w - w.mean()) / std
-        levels = self.levels.to(device=w.device, dtype=w.dtype)
-        return _WeightQuantFunction.apply(w, self.alpha, levels)
+        return _WeightQuantFunction.apply(w, self.alpha, self.levels)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, mode={self.mode!r}"

@@ -31,7 +31,7 @@ __all__ = [
     "resnet34_features",
 ]
 
-_STEM_STRIDE = {"cifar": 1, "imagenet": 4}
+_STEM_STRIDE = {"cifar": 1, "small": 2, "imagenet": 4}
 
 
 class BasicBlock(nn.Module):
@@ -68,6 +68,8 @@ class BasicBlock(nn.Module):
 def _make_stem(stem: str, in_channels: int, channels: int) -> nn.Sequential:
     if stem == "cifar":
         return conv_bn_relu(in_channels, channels, 3)
+    if stem == "small":  # one 3x3/2 conv: small images (e.g. 64 px) keep detail for the first stage
+        return conv_bn_relu(in_channels, channels, 3, stride=2)
     # ImageNet: 7x7/2 conv as in torchvision, then a 3x3/2 conv where the max pool was.
     return nn.Sequential(
         *conv_bn_relu(in_channels, channels, 7, stride=2),
@@ -84,7 +86,8 @@ class ResNet(nn.Module):
         channels: base channel count per stage (before ``width`` scaling).
         num_classes: size of the output Linear; ``None`` builds a feature trunk
             whose forward returns the last stage's map (``out_channels`` channels).
-        stem: ``"cifar"`` (3x3 conv, stride 1) or ``"imagenet"`` (stride 4).
+        stem: ``"cifar"`` (3x3 conv, stride 1), ``"small"`` (3x3/2 conv) or
+            ``"imagenet"`` (7x7/2 + 3x3/2 convs, stride 4).
         output_stride: total down-sampling; smaller than the natural stride, the
             stride of the last one or two stages is replaced by dilation (as
             torchvision's ``replace_stride_with_dilation``), keeping the weights.

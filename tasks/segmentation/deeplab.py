@@ -119,7 +119,8 @@ class DeepLabV3(nn.Module):
         aspp_channels: ASPP / head channels before ``width`` scaling.
         atrous_rates: dilations of the ASPP's 3x3 branches (6, 12, 18 at output stride 16
             in the paper; doubled at output stride 8).
-        stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 conv, stride 4) or ``"cifar"`` (3x3, stride 1).
+        stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 conv, stride 4), ``"small"`` (one 3x3/2 conv)
+            or ``"cifar"`` (3x3, stride 1).
     """
 
     def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0,

@@ -210,6 +210,17 @@ def test_resnet34_features_dilation(output_stride):
     assert max(d[0] for d in dilations) == 32 // output_stride
 
 
+@pytest.mark.parametrize("stem, natural", [("cifar", 8), ("small", 16), ("imagenet", 32)])
+def test_resnet34_features_stems_set_the_stride_and_dilate_the_last_stage(stem, natural):
+    """Each stem's stride, times 8 for the later stages, is the natural output stride; half of it
+    dilates the last stage instead of striding."""
+    for output_stride, dilation in ((natural, 1), (natural // 2, 2)):
+        model = _build("resnet34_features", stem=stem, output_stride=output_stride)
+        out = model(_input(64))
+        assert out.shape[-1] == 64 // output_stride
+        assert max(m.dilation[0] for m in model.layers[-1].modules() if isinstance(m, nn.Conv2d)) == dilation
+
+
 def test_resnet_bad_arguments():
     with pytest.raises(ValueError):
         create_backbone("resnet34_features", output_stride=4)
