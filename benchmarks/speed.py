@@ -50,13 +50,14 @@ from fastsnn.backbones import create_backbone
 from fastsnn.convert import _fold_batch_norms, _freeze_quantized_weights, trace
 
 ARCHS = ("vgg11", "resnet20")
-SNN_VARIANTS = ("fastsnn_compiled", "fastsnn_integer", "fastsnn_eager", "fastsnn_streaming")
+SNN_VARIANTS = ("fastsnn_compiled", "fastsnn_integer", "fastsnn_chunked", "fastsnn_eager", "fastsnn_streaming")
 SJ_VARIANTS = ("sj_single_step", "sj_multi_step")
 LABELS = {
     "ann_float": "float ANN",
     "ann_quant": "quantized ANN",
     "fastsnn_compiled": "Fast-SNN multi-step, fused neurons (compiled=True)",
     "fastsnn_integer": "Fast-SNN multi-step, fused neurons + int8 synapses (integer_kernels=True)",
+    "fastsnn_chunked": "Fast-SNN multi-step, fused neurons + int8 synapses, batch in chunks (chunk_size)",
     "fastsnn_eager": "Fast-SNN multi-step, eager neurons",
     "fastsnn_streaming": "Fast-SNN streaming (mode='streaming')",
     "sj_single_step": "SpikingJelly single-step loop",
@@ -130,6 +131,10 @@ def inference(arch: str, args, device, log) -> tuple[list[dict], list[dict]]:
                 snns["fastsnn_compiled"] = fastsnn.convert_to_snn(q, timesteps=T, compiled=True)
             if "fastsnn_integer" in args.variants:
                 snns["fastsnn_integer"] = fastsnn.convert_to_snn(q, timesteps=T, compiled=True, integer_kernels=True)
+            if "fastsnn_chunked" in args.variants:  # int8 synapses only where the weights are quantized
+                snns["fastsnn_chunked"] = fastsnn.convert_to_snn(
+                    q, timesteps=T, compiled=True, integer_kernels=args.weight_bits == "same",
+                    chunk_size=args.chunk_size)
             if "fastsnn_eager" in args.variants:
                 snns["fastsnn_eager"] = fastsnn.convert_to_snn(q, timesteps=T)
             if "fastsnn_streaming" in args.variants:
@@ -251,7 +256,8 @@ def targets(rows: list[dict], train_rows: list[dict], args) -> list[dict]:
     for arch in args.archs:
         for T in args.timesteps:
             sjs = [r for r in (get(arch, m, T) for m in SJ_VARIANTS) if r is not None]
-            methods = [m for m in ("fastsnn_compiled", "fastsnn_integer") if get(arch, m, T)] or ["fastsnn_eager"]
+            methods = [m for m in ("fastsnn_compiled", "fastsnn_integer", "fastsnn_chunked")
+                       if get(arch, m, T)] or ["fastsnn_eager"]
             for method in methods:
                 ours = get(arch, method, T)
                 if ours is None:
@@ -342,6 +348,7 @@ def parse_args(argv=None):
     p.add_argument("--timesteps", nargs="+", type=int, default=None, help="T values (default 3 7 15; quick 3 15)")
     p.add_argument("--variants", nargs="+", default=list(SNN_VARIANTS + SJ_VARIANTS),
                    choices=list(SNN_VARIANTS + SJ_VARIANTS), help="SNN simulations to measure")
+    p.add_argument("--chunk-size", type=int, default=8, help="samples per chunk of the fastsnn_chunked variant")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per method (default 7, quick 3)")
     p.add_argument("--train-steps", type=int, default=None, help="timed training steps per model (default 7, quick 3)")
     p.add_argument("--finetune-batches", type=int, default=None, help="batches per layer (default 8, quick 2)")

@@ -29,7 +29,9 @@ class SNNConversion(Callback):
       ``Trainer`` with this callback ends with an SNN too (the pipeline converts the best
       checkpoint instead, and a full-precision stage has nothing to convert).
     * ``mode``: ``"multistep"`` (fast) or ``"streaming"`` (memory independent of T), see
-      :class:`fastsnn.SpikingModel`; ``compiled``: fuse the neuron loops with torch.compile.
+      :class:`fastsnn.SpikingModel`; ``compiled``: fuse the neuron loops with torch.compile;
+      ``chunk_size``: simulate each batch this many samples at a time (faster on CPUs, less
+      memory; same outputs).
     * In every SNN test pass (``module.eval_label != "ann"``) it converts if no SNN is there
       yet, and logs spike statistics on the first ``stats_batches`` test batches:
       ``<label>/spike_rate``, ``pos_rate``, ``neg_rate``, ``sops``, ``energy_ratio`` and the
@@ -37,8 +39,10 @@ class SNNConversion(Callback):
     """
 
     def __init__(self, timesteps: int | None = None, signed: bool = True, stats_batches: int = 4,
-                 mode: str = "multistep", compiled: bool = False, convert_on_fit_end: bool = False):
+                 mode: str = "multistep", compiled: bool = False, convert_on_fit_end: bool = False,
+                 chunk_size: int | None = None):
         self.timesteps = timesteps
+        self.chunk_size = chunk_size
         self.mode = mode
         self.compiled = compiled
         self.convert_on_fit_end = convert_on_fit_end
@@ -48,7 +52,8 @@ class SNNConversion(Callback):
         self.last_stats: dict | None = None
 
     def convert(self, module) -> SpikingModel:
-        snn = convert_to_snn(module.net, self.timesteps, self.signed, self.mode, self.compiled)
+        snn = convert_to_snn(module.net, self.timesteps, self.signed, self.mode, self.compiled,
+                             chunk_size=self.chunk_size)
         module.set_snn(snn.to(module.device))
         return snn
 

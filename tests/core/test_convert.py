@@ -330,6 +330,24 @@ def test_streaming_mode_gives_the_multistep_outputs(signed):
         snn.mode = "fast"
 
 
+@pytest.mark.parametrize("mode", ["multistep", "streaming"])
+def test_chunked_batches_give_the_whole_batch_outputs(mode):
+    torch.manual_seed(0)
+    ann = quantize_model(_randomize_bn(Net()), 2, alpha_init=1.0).eval()
+    x = torch.randn(7, 1, 8, 8)
+    snn = convert_to_snn(ann, timesteps=5, mode=mode)
+    with torch.no_grad():
+        out, steps = snn(x, return_steps=True)
+        snn.chunk_size = 3  # chunks of 3, 3 and 1 samples
+        c_out, c_steps = snn(x, return_steps=True)
+        c_plain = snn(x)
+    assert steps.shape == c_steps.shape == (5, 7, *out.shape[1:])
+    assert torch.allclose(c_steps, steps, atol=1e-6) and torch.allclose(c_out, out, atol=1e-6)
+    assert torch.allclose(c_plain, out, atol=1e-6)
+    with pytest.raises(ValueError, match="chunk_size"):
+        convert_to_snn(ann, chunk_size=0)
+
+
 def test_compiled_neurons_give_the_eager_outputs():
     torch.manual_seed(0)
     ann = quantize_model(_randomize_bn(Net()), 2, alpha_init=1.0).eval()
