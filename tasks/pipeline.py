@@ -68,7 +68,7 @@ def _quantize(net, bits: int | None, quant: DictConfig) -> None:
         weight_bits = None if bits is None else max(bits, 2)
     quantize_model(net, bits, weight_bits=weight_bits if bits is not None else None,
                    weight_quant=quant.get("weight_quant", "apot"), first_last_bits=quant.get("first_last_bits", 8),
-                   alpha_init=quant.get("alpha_init", 8.0))
+                   alpha_init=quant.get("alpha_init", 8.0), fused=quant.get("fused", False))
 
 
 def _plain_config(cfg: DictConfig) -> dict:

@@ -19,8 +19,9 @@ def test_quant_relu_outputs_lie_on_the_levels(bits):
     assert ((y - x)[inside].abs() <= 2.5 / (2**bits - 1) / 2 + 1e-6).all()
 
 
-def test_quant_relu_gradients_match_hand_computed_values():
-    q = QuantReLU(2, alpha_init=3.0)  # levels 0, 1, 2, 3
+@pytest.mark.parametrize("fused", [False, True])
+def test_quant_relu_gradients_match_hand_computed_values(fused):
+    q = QuantReLU(2, alpha_init=3.0, fused=fused)  # levels 0, 1, 2, 3
     x = torch.tensor([-1.0, 0.4, 1.2, 2.9, 4.0, 7.0], requires_grad=True)
     y = q(x)
     assert y.tolist() == pytest.approx([0.0, 0.0, 1.0, 3.0, 3.0, 3.0])
@@ -33,6 +34,24 @@ def test_quant_relu_gradients_match_hand_computed_values():
     qv = torch.tensor([0.0, 1.0, 3.0]) / 3.0
     expected = (torch.tensor([2.0, 3.0, 4.0]) * (qv - u)).sum() + 5.0 + 6.0
     assert q.alpha.grad.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_fused_quant_relu_gives_the_eager_values_and_gradients():
+    torch.manual_seed(0)
+    x = (torch.randn(4, 8, 6, 6) * 3).requires_grad_(True)
+    g = torch.randn(4, 8, 6, 6)
+    results = []
+    for fused in (False, True):
+        q = QuantReLU(3, alpha_init=2.0, fused=fused)
+        xi = x.detach().clone().requires_grad_(True)
+        y = q(xi)
+        y.backward(g)
+        results.append((y.detach(), xi.grad, q.alpha.grad))
+    (y0, gx0, ga0), (y1, gx1, ga1) = results
+    assert torch.equal(y0, y1) and torch.equal(gx0, gx1)
+    assert torch.allclose(ga0, ga1, rtol=1e-5)
+    model = quantize_model(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), 2, fused=True)
+    assert model[1].fused
 
 
 def test_unquantized_quant_relu_is_a_clipped_relu():
