@@ -6,18 +6,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fastsnn import ConversionError, IFNeuron, QuantReLU, SpikingModel, convert_to_snn, quantize_model
-
-
-def _randomize_bn(model):
-    """Give batch norms non-trivial statistics so that folding them is really tested."""
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-    return model
+from tests.helpers import randomize_bn
 
 
 class FirstLayer(nn.Module):
@@ -35,7 +24,7 @@ class FirstLayer(nn.Module):
 @pytest.mark.parametrize("signed", [True, False])
 def test_first_spiking_layer_reproduces_the_quantized_ann_exactly(bits, signed):
     torch.manual_seed(bits)
-    ann = quantize_model(_randomize_bn(FirstLayer()), bits, alpha_init=1.5).eval()
+    ann = quantize_model(randomize_bn(FirstLayer()), bits, alpha_init=1.5).eval()
     x = torch.randn(8, 3, 10, 10)
     snn = convert_to_snn(ann, signed=signed)
     assert snn.timesteps == 2**bits - 1
@@ -63,7 +52,7 @@ class OneHidden(nn.Module):
 
 def test_one_hidden_layer_network_is_exact_through_concat_and_upsampling():
     torch.manual_seed(0)
-    ann = quantize_model(_randomize_bn(OneHidden()), 3, alpha_init=1.0).eval()
+    ann = quantize_model(randomize_bn(OneHidden()), 3, alpha_init=1.0).eval()
     x = torch.randn(4, 1, 8, 8)
     snn = convert_to_snn(ann)
     with torch.no_grad():
@@ -130,7 +119,7 @@ def _reference_snn(ann, x, T, signed):
 @pytest.mark.parametrize("T", [3, 7])
 def test_folded_time_simulation_equals_a_step_by_step_reference(signed, T):
     torch.manual_seed(0)
-    ann = quantize_model(_randomize_bn(Net()), 2, alpha_init=1.0).eval()
+    ann = quantize_model(randomize_bn(Net()), 2, alpha_init=1.0).eval()
     x = torch.randn(6, 1, 8, 8)
     snn = convert_to_snn(ann, timesteps=T, signed=signed)
     ref = _reference_snn(ann, x, T, signed)
@@ -144,7 +133,7 @@ def test_folded_time_simulation_equals_a_step_by_step_reference(signed, T):
 
 def test_conversion_does_not_change_the_ann():
     torch.manual_seed(0)
-    ann = quantize_model(_randomize_bn(Net()), 2, weight_bits=3).train()
+    ann = quantize_model(randomize_bn(Net()), 2, weight_bits=3).train()
     before = {k: v.clone() for k, v in ann.state_dict().items()}
     x = torch.randn(2, 1, 8, 8)
     ann.eval()
@@ -178,7 +167,7 @@ def test_every_quant_relu_call_becomes_its_own_neuron_layer():
 
 def test_state_dict_round_trip():
     torch.manual_seed(0)
-    ann = quantize_model(_randomize_bn(Net()), 2, weight_bits=3).eval()
+    ann = quantize_model(randomize_bn(Net()), 2, weight_bits=3).eval()
     snn = convert_to_snn(ann)
     with torch.no_grad():
         for p in snn.parameters():
@@ -291,7 +280,7 @@ def test_nonlinear_ops_on_the_analog_side_are_allowed():
 
 
 def test_batch_norm_is_folded_and_the_snn_stays_in_eval_mode():
-    ann = quantize_model(_randomize_bn(Net()), 2).eval()
+    ann = quantize_model(randomize_bn(Net()), 2).eval()
     snn = convert_to_snn(ann)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in snn.modules())
     snn.train()
@@ -301,7 +290,7 @@ def test_batch_norm_is_folded_and_the_snn_stays_in_eval_mode():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_models_convert_and_run():
-    ann = quantize_model(_randomize_bn(Net()), 2).eval().cuda()
+    ann = quantize_model(randomize_bn(Net()), 2).eval().cuda()
     snn = convert_to_snn(ann)
     x = torch.randn(4, 1, 8, 8, device="cuda")
     with torch.no_grad():
@@ -315,7 +304,7 @@ def test_cuda_models_convert_and_run():
 @pytest.mark.parametrize("signed", [True, False])
 def test_streaming_mode_gives_the_multistep_outputs(signed):
     torch.manual_seed(0)
-    ann = quantize_model(_randomize_bn(Net()), 2, alpha_init=1.0).eval()
+    ann = quantize_model(randomize_bn(Net()), 2, alpha_init=1.0).eval()
     x = torch.randn(5, 1, 8, 8)
     snn = convert_to_snn(ann, timesteps=7, signed=signed)
     with torch.no_grad():
@@ -333,7 +322,7 @@ def test_streaming_mode_gives_the_multistep_outputs(signed):
 @pytest.mark.parametrize("mode", ["multistep", "streaming"])
 def test_chunked_batches_give_the_whole_batch_outputs(mode):
     torch.manual_seed(0)
-    ann = quantize_model(_randomize_bn(Net()), 2, alpha_init=1.0).eval()
+    ann = quantize_model(randomize_bn(Net()), 2, alpha_init=1.0).eval()
     x = torch.randn(7, 1, 8, 8)
     snn = convert_to_snn(ann, timesteps=5, mode=mode)
     with torch.no_grad():
@@ -350,7 +339,7 @@ def test_chunked_batches_give_the_whole_batch_outputs(mode):
 
 def test_compiled_neurons_give_the_eager_outputs():
     torch.manual_seed(0)
-    ann = quantize_model(_randomize_bn(Net()), 2, alpha_init=1.0).eval()
+    ann = quantize_model(randomize_bn(Net()), 2, alpha_init=1.0).eval()
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():
         eager = convert_to_snn(ann)(x, return_steps=True)

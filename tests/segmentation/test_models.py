@@ -7,20 +7,9 @@ from torch.nn import functional as F
 from fastsnn import QuantReLU, convert_to_snn, quantize_model
 from fastsnn.convert import GraphNeuron, trace
 from tasks.segmentation.deeplab import ASPP, DeepLabV1, DeepLabV3
+from tests.helpers import randomize_bn
 
 NUM_CLASSES = 4
-
-
-def _randomize_bn(model):
-    """Non-trivial batch-norm statistics, so that folding them is really exercised."""
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2 + 0.3)
-    return model
 
 
 def _models():
@@ -32,7 +21,7 @@ def _models():
 
 def _quantized(name, bits, alpha=1.0):
     torch.manual_seed(0)
-    net = _randomize_bn(_models()[name]())
+    net = randomize_bn(_models()[name](), bias_offset=0.3)  # most units active
     return quantize_model(net, bits, alpha_init=alpha).eval()
 
 
