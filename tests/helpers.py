@@ -1,5 +1,10 @@
 """Small helpers shared by several test modules (import as ``from tests.helpers import ...``)."""
+from pathlib import Path
+
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from torch import nn
 
 
@@ -14,3 +19,17 @@ def randomize_bn(model: nn.Module, bias_offset: float = 0.0) -> nn.Module:
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2 + bias_offset)
     return model
+
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def compose_config(out_dir: Path, *overrides: str):
+    """The run's config as `python run.py <overrides>` would see it (hydra node included), with
+    its outputs under ``out_dir`` and its data under ``out_dir/../data``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"paths.output_dir={out_dir}", f"paths.data_dir={out_dir.parent / 'data'}",
+                                           *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # group choices and ${hydra:...} resolve as in a real run
+    return cfg

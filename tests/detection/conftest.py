@@ -9,8 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-
 
 @pytest.fixture(autouse=True)
 def _one_thread():

@@ -7,17 +7,13 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
 from fastsnn import QuantReLU
 from tasks.detection.module import DetectionModule
 from tasks.detection.yolo import TinyYOLO, YOLOv2R34
 from tasks.pipeline import _quantize, run
-
-from .conftest import CONF_DIR
+from tests.helpers import CONF_DIR, compose_config
 
 TINY = [
     "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
@@ -31,13 +27,7 @@ EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yam
 
 
 def _compose(tmp_path: Path, *overrides: str, tiny: bool = True):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[*(TINY if tiny else []), f"paths.output_dir={tmp_path / 'run'}",
-                                           f"paths.data_dir={tmp_path / 'data'}", *overrides],
-                      return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # group choices resolve as in a real run
-    return cfg
+    return compose_config(tmp_path / "run", *(TINY if tiny else []), *overrides)
 
 
 def test_task_detection_selects_its_default_model_and_data(tmp_path):

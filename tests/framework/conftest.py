@@ -4,11 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+from tests import helpers
 
 # one epoch of three batches, tiny VGG, tiny fine-tuning: a whole run takes seconds
 TINY = [
@@ -21,14 +18,7 @@ TINY = [
 
 
 def compose_config(out_dir: Path, *overrides: str, tiny: bool = True):
-    """The run's config as `python run.py <overrides>` would see it (hydra node included)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[*(TINY if tiny else []), f"paths.output_dir={out_dir}",
-                                           f"paths.data_dir={out_dir.parent / 'data'}", *overrides],
-                      return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # group choices and ${hydra:...} resolve as in a real run
-    return cfg
+    return helpers.compose_config(out_dir, *(TINY if tiny else []), *overrides)
 
 
 @pytest.fixture

@@ -1,5 +1,4 @@
 """The segmentation configs compose and instantiate: the task defaults and the paper recipes."""
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +12,7 @@ from tasks.segmentation.data import COCOSegDataModule, ShapesSegDataModule, VOCS
 from tasks.segmentation.deeplab import DeepLabV1, DeepLabV3
 from tasks.segmentation.module import SegmentationModule
 from tasks.settings import resolve
-
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+from tests.helpers import CONF_DIR
 
 
 def _compose(*overrides):

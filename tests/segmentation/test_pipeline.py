@@ -3,13 +3,10 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 
 from tasks.pipeline import run
+from tests.helpers import compose_config
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 TINY = [
     "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
     "+trainer.limit_test_batches=1", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
@@ -21,13 +18,7 @@ TINY = [
 
 
 def _config(tmp_path: Path, *overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[*TINY, f"paths.output_dir={tmp_path / 'run'}",
-                                           f"paths.data_dir={tmp_path / 'data'}", *overrides],
-                      return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # group choices resolve as in a real run
-    return cfg
+    return compose_config(tmp_path / "run", *TINY, *overrides)
 
 
 @pytest.mark.parametrize("model", ["deeplabv3", "deeplabv1"])
