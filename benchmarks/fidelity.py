@@ -17,7 +17,7 @@ It reports, for every method, the smallest T at which it is within 1 point of it
 within 1 point of the float ANN. Writes ``benchmarks/results/fidelity.{json,md}``
 (``fidelity_quick`` with ``--quick``) and prints the markdown tables.
 
-    python benchmarks/fidelity.py            # full run (~30-40 min on a shared 2-core CPU)
+    python benchmarks/fidelity.py            # full run (~1 hour on a shared 2-core CPU)
     python benchmarks/fidelity.py --quick    # short run (fewer epochs, 2 bits, T <= 31; < 10 min)
 """
 from __future__ import annotations

@@ -21,7 +21,7 @@ layer-wise fine-tuning. Writes ``benchmarks/results/speed.{json,md}`` (``speed_q
 ``--quick``) and prints the markdown tables. Runs on CUDA instead of the CPU when a GPU is
 present (``--device``); the tables say which device.
 
-    python benchmarks/speed.py              # full run (~20-40 min on 2 busy CPU cores)
+    python benchmarks/speed.py              # full run (~5-10 min on 2 quiet CPU cores)
     python benchmarks/speed.py --quick      # short run (batch 16, T = 3 and 15; < 10 min)
 
 Timing waits (up to ``--max-wait`` s) for the 1-minute load average to fall below
