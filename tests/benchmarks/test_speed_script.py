@@ -78,7 +78,8 @@ def test_streaming_memory_does_not_grow_with_t_while_multistep_does(run):
 def test_training_and_finetuning_timings(run):
     result = run[1]
     train = {(r["arch"], r["model"]): r for r in result["training"]}
-    assert set(train) == {(a, m) for a in ("vgg11", "resnet20") for m in ("float", "quant_a2", "quant_a2_w2_apot")}
+    models = ("float", "quant_a2", "quant_a2_w2_apot", "quant_a2_w2_apot_fused")
+    assert set(train) == {(a, m) for a in ("vgg11", "resnet20") for m in models}
     assert all(math.isclose(train[(a, "float")]["vs_float"], 1.0) for a in ("vgg11", "resnet20"))
     ft = result["finetune"]
     # every neuron layer but the first (constant input): VGG-11 has 8, ResNet-20 19
@@ -90,6 +91,7 @@ def test_targets_name_each_requirement(run):
     targets = run[1]["targets"]
     names = " ".join(t["target"] for t in targets)
     assert "1.1 x T x quantized ANN" in names and "streaming peak memory" in names and "training step" in names
+    assert "training step <= 1.3 x float ANN (fused QuantReLU)" in names
     assert ("SpikingJelly" in names) == HAVE_SJ
     for t in targets:
         assert t["met"] == (t["value"] >= t["limit"] if "throughput" in t["target"] else t["value"] <= t["limit"])
