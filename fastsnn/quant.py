@@ -166,7 +166,7 @@ def project_to_levels(u: torch.Tensor, levels: Sequence[float]) -> torch.Tensor:
 
     One compare-and-add pass per mid-point between levels (at most 2**bits - 1 of them): no
     [numel, L] distance tensor, and on CPU several times faster than ``bucketize`` + gather,
-    which dominated the quantized training step.
+    which took half of the weight quantizer's time.
     """
     levels = [float(v) for v in levels]
     q = torch.full_like(u, levels[0])
