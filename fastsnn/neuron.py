@@ -24,18 +24,24 @@ TOLERANCE = 1e-6
 
 
 def if_step(x_t, v, count, threshold, signed: bool):
-    """One time step for a whole tensor of neurons. Returns ``(spikes, v, count)``.
+    """One time step for a whole tensor of neurons; returns ``spikes * threshold``.
 
-    ``spikes`` is in {-1, 0, +1} (same dtype as ``v``); ``count`` is the running net spike
-    count (only needed, and only updated, for signed neurons).
+    ``spikes`` is in {-1, 0, +1}. The membrane ``v`` and, for signed neurons, the running net
+    spike ``count`` (any dtype: float, or a small integer type for long-lived state) are
+    updated in place, so that a state kept across steps does not grow.
     """
-    v = v + x_t
-    spikes = (v >= threshold).to(v.dtype)
+    v.add_(x_t)
+    positive = v >= threshold
+    spikes = positive.to(v.dtype)
     if signed:
-        spikes = spikes - ((v < -TOLERANCE * threshold) & (count > 0)).to(v.dtype)
-        count = count + spikes
-    v = v - spikes * threshold
-    return spikes, v, count
+        negative = v < -TOLERANCE * threshold
+        negative &= count > 0  # (where negative, v < threshold: no positive spike)
+        spikes.masked_fill_(negative, -1.0)
+        count += positive
+        count.sub_(negative.to(count.dtype))
+    spikes.mul_(threshold)  # the output value s * threshold, and the reset
+    v.sub_(spikes)
+    return spikes
 
 
 def if_multistep(x: torch.Tensor, threshold: torch.Tensor, signed: bool, timesteps: int, constant: bool):
@@ -51,8 +57,7 @@ def if_multistep(x: torch.Tensor, threshold: torch.Tensor, signed: bool, timeste
     # written step by step into one [T, ...] buffer (a list + torch.stack would hold it twice)
     out = torch.empty((timesteps, *like.shape), dtype=like.dtype, device=like.device)
     for t in range(timesteps):
-        spikes, v, count = if_step(x if constant else x[t], v, count, theta, signed)
-        out[t] = spikes * theta
+        out[t] = if_step(x if constant else x[t], v, count, theta, signed)
     return out
 
 
@@ -127,29 +132,17 @@ class IFNeuron(nn.Module):
         self.count = None
 
     def step(self, x_t: torch.Tensor, horizon: int | None = None) -> torch.Tensor:
-        """Advance the persistent state by one step; returns ``spikes * threshold``.
+        """Advance the persistent state by one step (:func:`if_step`, so the same outputs as
+        the multi-step run); returns ``spikes * threshold``.
 
-        The same arithmetic as :func:`if_step` (so the same outputs as the multi-step run), done
-        in place to keep the state small: the membrane ``v`` (float32) is updated in place and
-        the net spike count of a signed neuron is an integer tensor, int8 when ``horizon`` (the
-        number of steps this state will see, at most) is <= 127. Between steps the state is
-        ``v`` (4 bytes per neuron) plus ``count`` (1 byte, signed neurons only).
+        The state stays small: the membrane ``v`` (float32) is updated in place and the net
+        spike count of a signed neuron is an integer tensor, int8 when ``horizon`` (the number
+        of steps this state will see, at most) is <= 127. Between steps the state is ``v``
+        (4 bytes per neuron) plus ``count`` (1 byte, signed neurons only).
         """
         if self.v is None:
             dtype = torch.promote_types(x_t.dtype, torch.float32)
             self.v = torch.full_like(x_t, 0.5, dtype=dtype) * self.threshold.to(dtype)
             self.count = torch.zeros_like(x_t, dtype=count_dtype(horizon)) if self.signed else None
-        v = self.v
-        theta = self.threshold.to(v.dtype)
-        v.add_(x_t)
-        positive = v >= theta
-        spikes = positive.to(v.dtype)
-        if self.signed:
-            negative = v < -TOLERANCE * theta
-            negative &= self.count > 0  # (where negative, v < threshold: no positive spike)
-            spikes.masked_fill_(negative, -1.0)
-            self.count += positive
-            self.count.sub_(negative.to(self.count.dtype))
-        spikes.mul_(theta)  # the output value s * theta, and the reset
-        v.sub_(spikes)
+        spikes = if_step(x_t, self.v, self.count, self.threshold.to(self.v.dtype), self.signed)
         return spikes.to(x_t.dtype)
