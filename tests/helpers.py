@@ -33,3 +33,13 @@ def compose_config(out_dir: Path, *overrides: str):
                                            *overrides], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # group choices and ${hydra:...} resolve as in a real run
     return cfg
+
+
+def run_script(main, argv: list[str]):
+    """A benchmark script's ``main(argv)`` in this process; it sets torch's thread count for
+    itself, which is put back afterwards."""
+    threads = torch.get_num_threads()
+    try:
+        return main(argv)
+    finally:
+        torch.set_num_threads(threads)

@@ -4,9 +4,9 @@ SpikingJelly parts run only where it is installed."""
 import json
 
 import pytest
-import torch
 
 from benchmarks import bench_utils, fidelity
+from tests.helpers import run_script
 
 HAVE_SJ = bench_utils.spikingjelly_version() is not None
 TINY = ["--models", "vgg11", "resnet20", "--width-scale", "0.25", "--subset", "48", "--fp-epochs", "1",
@@ -16,13 +16,8 @@ TINY = ["--models", "vgg11", "resnet20", "--width-scale", "0.25", "--subset", "4
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    threads = torch.get_num_threads()
     out = tmp_path_factory.mktemp("fidelity")
-    try:
-        result = fidelity.main([*TINY, "--out-dir", str(out)])
-    finally:
-        torch.set_num_threads(threads)
-    return out, result
+    return out, run_script(fidelity.main, [*TINY, "--out-dir", str(out)])
 
 
 def test_writes_json_and_markdown(run):
@@ -81,13 +76,10 @@ def test_smallest_t():
 
 def test_runs_without_spikingjelly(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench_utils, "spikingjelly_version", lambda: None)
-    threads = torch.get_num_threads()
-    try:
-        result = fidelity.main(["--models", "vgg11", "--width-scale", "0.25", "--subset", "24", "--fp-epochs", "0",
-                                "--q-epochs", "0", "--bits", "2", "--our-timesteps", "1", "3", "--our-max-t", "3",
-                                "--stats-images", "4", "--no-validate", "--no-compile", "--out-dir", str(tmp_path)])
-    finally:
-        torch.set_num_threads(threads)
+    result = run_script(fidelity.main, [
+        "--models", "vgg11", "--width-scale", "0.25", "--subset", "24", "--fp-epochs", "0", "--q-epochs", "0",
+        "--bits", "2", "--our-timesteps", "1", "3", "--our-max-t", "3", "--stats-images", "4", "--no-validate",
+        "--no-compile", "--out-dir", str(tmp_path)])
     assert "SpikingJelly not installed: skipped" in capsys.readouterr().err
     assert result["spikingjelly_skipped"] and result["results"][0]["spikingjelly"] == []
     assert (tmp_path / "fidelity.md").exists()

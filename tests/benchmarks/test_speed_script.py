@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from benchmarks import bench_utils, speed
+from tests.helpers import run_script
 
 HAVE_SJ = bench_utils.spikingjelly_version() is not None
 TINY = ["--archs", "vgg11", "resnet20", "--width", "0.125", "--batch", "4", "--timesteps", "3", "7",
@@ -19,13 +20,8 @@ TINY = ["--archs", "vgg11", "resnet20", "--width", "0.125", "--batch", "4", "--t
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    threads = torch.get_num_threads()
     out = tmp_path_factory.mktemp("speed")
-    try:
-        result = speed.main([*TINY, "--out-dir", str(out)])
-    finally:
-        torch.set_num_threads(threads)
-    return out, result
+    return out, run_script(speed.main, [*TINY, "--out-dir", str(out)])
 
 
 def test_writes_json_and_markdown_with_every_section(run):
@@ -99,13 +95,10 @@ def test_targets_name_each_requirement(run):
 
 def test_runs_without_spikingjelly(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench_utils, "spikingjelly_version", lambda: None)
-    threads = torch.get_num_threads()
-    try:
-        result = speed.main(["--archs", "vgg11", "--width", "0.125", "--batch", "2", "--timesteps", "3",
-                             "--repeats", "1", "--no-train", "--finetune-timesteps", "--max-wait", "0",
-                             "--variants", "fastsnn_eager", "sj_single_step", "--out-dir", str(tmp_path)])
-    finally:
-        torch.set_num_threads(threads)
+    result = run_script(speed.main, [
+        "--archs", "vgg11", "--width", "0.125", "--batch", "2", "--timesteps", "3", "--repeats", "1", "--no-train",
+        "--finetune-timesteps", "--max-wait", "0", "--variants", "fastsnn_eager", "sj_single_step",
+        "--out-dir", str(tmp_path)])
     assert "SpikingJelly not installed: skipped" in capsys.readouterr().err
     assert result["spikingjelly_skipped"] and not any(r["method"].startswith("sj") for r in result["inference"])
     assert (tmp_path / "speed.json").exists()
