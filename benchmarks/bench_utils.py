@@ -272,12 +272,14 @@ class SpikingJellySNN:
 
 
 def write_results(name: str, result: dict, markdown: str, out_dir: Path | None = None) -> tuple[Path, Path]:
-    """Write ``<out_dir>/<name>.json`` and ``<out_dir>/<name>.md``; print and return both paths."""
+    """Write ``<out_dir>/<name>.json`` and ``<out_dir>/<name>.md``; print the markdown and both
+    paths; return the paths."""
     out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
     json_path.write_text(json.dumps(result, indent=2, default=_jsonable) + "\n")
     md_path.write_text(markdown.rstrip() + "\n")
+    print(markdown)
     print(f"\nresults: {json_path}\n         {md_path}")
     return json_path, md_path
 

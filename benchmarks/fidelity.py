@@ -315,9 +315,7 @@ def main(argv=None) -> dict:
               "seconds": time.perf_counter() - start}
     result["summary"] = [r for res in results for r in summary_rows(res)]
     result["targets"] = targets(results, max(args.sj_timesteps))
-    table = markdown(result)
-    print(table)
-    bu.write_results(args.name, result, table, args.out_dir)
+    bu.write_results(args.name, result, markdown(result), args.out_dir)
     return result
 
 

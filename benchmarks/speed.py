@@ -414,9 +414,7 @@ def main(argv=None) -> dict:
               "training": train_rows, "finetune": ft_rows, "spikingjelly_skipped": sj_version is None,
               "seconds": time.perf_counter() - start}
     result["targets"] = targets(rows, train_rows, args)
-    table = markdown(result)
-    print(table)
-    bu.write_results(args.name, result, table, args.out_dir)
+    bu.write_results(args.name, result, markdown(result), args.out_dir)
     return result
 
 
