@@ -86,6 +86,7 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     drop_last: bool = False,
+    collate_fn=None,
 ) -> DataLoader:
     """DataLoader with the project's conventions (persistent, seeded workers when ``num_workers > 0``)."""
     return DataLoader(
@@ -95,6 +96,7 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=drop_last,
+        collate_fn=collate_fn,  # None: torch's default
         # Re-spawning workers every epoch is slow for small epochs (CIFAR, digits).
         persistent_workers=num_workers > 0,
         worker_init_fn=seed_worker if num_workers > 0 else None,

@@ -41,7 +41,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from tasks.common.data import DataError, data_error, seed_worker
+from tasks.common.data import DataError, data_error, make_loader
 
 log = logging.getLogger(__name__)
 
@@ -453,10 +453,8 @@ class _DetectionDataModule(L.LightningDataModule):
 
     def _loader(self, dataset, train: bool) -> DataLoader:
         collate_fn = MultiScaleCollate(self.multiscale) if train and self.multiscale else collate
-        return DataLoader(dataset, batch_size=self.batch_size if train else self.val_batch_size, shuffle=train,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory, collate_fn=collate_fn,
-                          drop_last=False, persistent_workers=self.num_workers > 0,
-                          worker_init_fn=seed_worker if self.num_workers > 0 else None)
+        return make_loader(dataset, self.batch_size if train else self.val_batch_size, shuffle=train,
+                           num_workers=self.num_workers, pin_memory=self.pin_memory, collate_fn=collate_fn)
 
     def train_dataloader(self):
         return self._loader(self.train_dataset, train=True)

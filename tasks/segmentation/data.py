@@ -368,11 +368,9 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def _loader(self, stage: str):
         train = stage == "train"
-        loader = make_loader(self.dataset(stage), self.batch_size if train else self.eval_batch_size,
-                             shuffle=train, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                             drop_last=train and len(self.dataset(stage)) > self.batch_size)
-        loader.collate_fn = pad_collate
-        return loader
+        return make_loader(self.dataset(stage), self.batch_size if train else self.eval_batch_size,
+                           shuffle=train, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                           drop_last=train and len(self.dataset(stage)) > self.batch_size, collate_fn=pad_collate)
 
     def train_dataloader(self):
         return self._loader("train")
