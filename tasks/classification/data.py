@@ -152,7 +152,6 @@ class DigitsDataModule(SplitDataModule):
         self.test_dataset = TensorDataset(*subset("test"))
 
 
-
 # --------------------------------------------------------------------------------------------------
 # CIFAR-10 / CIFAR-100
 # --------------------------------------------------------------------------------------------------
@@ -374,7 +373,6 @@ class CIFARDataModule(SplitDataModule):
             self.test_dataset = cls(self.root, train=False, transform=self._transforms(train=False))
 
 
-
 # --------------------------------------------------------------------------------------------------
 # ImageNet
 # --------------------------------------------------------------------------------------------------
@@ -498,4 +496,3 @@ class ImageNetDataModule(SplitDataModule):
             self.train_dataset = self._folder("train", train=True)
         if self.val_dataset is None:
             self.val_dataset = self._folder("val", train=False)
-
