@@ -17,6 +17,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import fastsnn
+from fastsnn.backbones.registry import conv_bn_relu
+from fastsnn.backbones.resnet import BasicBlock
 
 
 # --------------------------------------------------------------------------- data
@@ -59,40 +61,19 @@ def loader(split: tuple[torch.Tensor, torch.Tensor], batch_size: int = 64, shuff
 # --------------------------------------------------------------------------- models
 
 
-def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU())
-
-
 class PlainCNN(nn.Module):
     """16x16 -> conv -> stride-2 conv -> conv -> stride-2 conv -> global avg pool -> linear."""
 
     def __init__(self, width: int = 16, num_classes: int = 10):
         super().__init__()
         w = width
-        self.features = nn.Sequential(conv_bn_relu(1, w), conv_bn_relu(w, 2 * w, 2),
-                                      conv_bn_relu(2 * w, 2 * w), conv_bn_relu(2 * w, 4 * w, 2))
+        self.features = nn.Sequential(conv_bn_relu(1, w), conv_bn_relu(w, 2 * w, stride=2),
+                                      conv_bn_relu(2 * w, 2 * w), conv_bn_relu(2 * w, 4 * w, stride=2))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(4 * w, num_classes)
 
     def forward(self, x):
         return self.fc(self.pool(self.features(x)).flatten(1))
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 convs with an identity shortcut: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + x)``."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.relu2 = nn.ReLU()
-
-    def forward(self, x):
-        return self.relu2(self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x))))) + x)
 
 
 class ResidualCNN(nn.Module):
@@ -102,9 +83,9 @@ class ResidualCNN(nn.Module):
         super().__init__()
         w = width
         self.stem = conv_bn_relu(1, w)
-        self.down1 = conv_bn_relu(w, 2 * w, 2)
-        self.block = BasicBlock(2 * w)
-        self.down2 = conv_bn_relu(2 * w, 4 * w, 2)
+        self.down1 = conv_bn_relu(w, 2 * w, stride=2)
+        self.block = BasicBlock(2 * w, 2 * w)
+        self.down2 = conv_bn_relu(2 * w, 4 * w, stride=2)
         self.pool = nn.AvgPool2d(4)
         self.fc = nn.Linear(4 * w, num_classes)
 

@@ -6,6 +6,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fastsnn import ConversionError, IFNeuron, QuantReLU, SpikingModel, convert_to_snn, quantize_model
+from fastsnn.backbones.resnet import BasicBlock
 from tests.helpers import randomize_bn
 
 
@@ -59,27 +60,13 @@ def test_one_hidden_layer_network_is_exact_through_concat_and_upsampling():
         assert torch.allclose(snn(x), ann(x), atol=1e-5)
 
 
-class Block(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c)
-        self.relu2 = nn.ReLU()
-
-    def forward(self, x):
-        return self.relu2(self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x))))) + x)
-
-
 class Net(nn.Module):
     """Nested Sequential, residual blocks, concat of spike trains, upsampling, avg pooling."""
 
     def __init__(self):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
-        self.body = nn.Sequential(Block(8), nn.Sequential(nn.AvgPool2d(2), Block(8)))
+        self.body = nn.Sequential(BasicBlock(8, 8), nn.Sequential(nn.AvgPool2d(2), BasicBlock(8, 8)))
         self.side = nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU())
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
         self.fuse = nn.Sequential(nn.Conv2d(16, 8, 3, padding=1), nn.ReLU(), nn.Dropout(0.3))
