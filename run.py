@@ -1,4 +1,5 @@
 """The one entry point: `python run.py [overrides]` (Hydra). See README.md."""
+
 from __future__ import annotations
 
 import logging

@@ -9,6 +9,7 @@
   simulation (the documented single-step loop, or multi-step mode);
 * writing a result as JSON + markdown under ``benchmarks/results/``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -52,10 +53,16 @@ def cpu_name() -> str:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "fastsnn", "benchmarks"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "fastsnn", "benchmarks"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -67,6 +74,7 @@ def spikingjelly_version() -> str | None:
         from importlib.metadata import version
 
         import spikingjelly.activation_based.ann2snn  # noqa: F401
+
         return version("spikingjelly")
     except Exception:  # not installed, or broken: the benchmarks run without it
         return None
@@ -74,10 +82,18 @@ def spikingjelly_version() -> str | None:
 
 def environment(device: torch.device | str = "cpu") -> dict:
     device = torch.device(device)
-    env = {"python": platform.python_version(), "torch": torch.__version__,
-           "spikingjelly": spikingjelly_version(), "platform": platform.platform(),
-           "cpu": cpu_name(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-           "device": str(device), "load_average_1min": load_average(), "commit": git_commit()}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "spikingjelly": spikingjelly_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "load_average_1min": load_average(),
+        "commit": git_commit(),
+    }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
@@ -121,8 +137,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_round_robin(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device,
-                     budget_s: float | None = None) -> dict[str, dict]:
+def time_round_robin(
+    fns: dict[str, Callable[[], object]], repeats: int, device: torch.device, budget_s: float | None = None
+) -> dict[str, dict]:
     """Call every function ``repeats`` times, round-robin (a, b, c, a, b, c, ...).
 
     Interleaving spreads slow phases of a shared machine over all candidates. Returns per name
@@ -168,8 +185,7 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
 
     with _stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         run()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     current = peak = 0
     for _, nbytes in events:
         current += nbytes
@@ -209,8 +225,14 @@ class SpikingJellySNN:
     network to multi-step mode (time folded into the batch inside SpikingJelly's layers).
     """
 
-    def __init__(self, float_ann: torch.nn.Module, calibration, mode: str = "max", step_mode: str = "s",
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        float_ann: torch.nn.Module,
+        calibration,
+        mode: str = "max",
+        step_mode: str = "s",
+        device: torch.device | str = "cpu",
+    ):
         import copy
 
         from spikingjelly.activation_based import ann2snn, functional

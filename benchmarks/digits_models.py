@@ -8,6 +8,7 @@ pooling, a linear output layer), and a short SGD training recipe.
 
 Imported by ``tests/core/test_end_to_end.py`` and ``benchmarks/core_digits.py``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,12 +21,12 @@ import fastsnn
 from fastsnn.backbones.registry import conv_bn_relu
 from fastsnn.backbones.resnet import BasicBlock
 
-
 # --------------------------------------------------------------------------- data
 
 
-def digits_splits(image_size: int = 16, test_fraction: float = 0.25, val_fraction: float = 0.15,
-                  split_seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def digits_splits(
+    image_size: int = 16, test_fraction: float = 0.25, val_fraction: float = 0.15, split_seed: int = 0
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """``{"train"|"val"|"test": (images [N, 1, S, S] float32, labels [N] int64)}``.
 
     Fixed stratified split (``split_seed`` only); pixels scaled to [0, 1], upsampled once
@@ -39,20 +40,23 @@ def digits_splits(image_size: int = 16, test_fraction: float = 0.25, val_fractio
     x = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)
     y = np.asarray(digits.target, dtype=np.int64)
     idx = np.arange(len(y))
-    trainval, test = train_test_split(idx, test_size=round(test_fraction * len(y)), stratify=y,
-                                      random_state=split_seed)
-    train, val = train_test_split(trainval, test_size=round(val_fraction * len(y)),
-                                  stratify=y[trainval], random_state=split_seed)
+    trainval, test = train_test_split(idx, test_size=round(test_fraction * len(y)), stratify=y, random_state=split_seed)
+    train, val = train_test_split(
+        trainval, test_size=round(val_fraction * len(y)), stratify=y[trainval], random_state=split_seed
+    )
     x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
     mean, std = x[train].mean(), x[train].std()
     x = (x - mean) / std
     labels = torch.from_numpy(y)
-    return {name: (x[np.sort(i)].contiguous(), labels[np.sort(i)].contiguous())
-            for name, i in (("train", train), ("val", val), ("test", test))}
+    return {
+        name: (x[np.sort(i)].contiguous(), labels[np.sort(i)].contiguous())
+        for name, i in (("train", train), ("val", val), ("test", test))
+    }
 
 
-def loader(split: tuple[torch.Tensor, torch.Tensor], batch_size: int = 64, shuffle: bool = False,
-           seed: int = 0) -> DataLoader:
+def loader(
+    split: tuple[torch.Tensor, torch.Tensor], batch_size: int = 64, shuffle: bool = False, seed: int = 0
+) -> DataLoader:
     """A DataLoader over one split; shuffling is seeded so that runs repeat exactly."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(TensorDataset(*split), batch_size=batch_size, shuffle=shuffle, generator=generator)
@@ -67,8 +71,12 @@ class PlainCNN(nn.Module):
     def __init__(self, width: int = 16, num_classes: int = 10):
         super().__init__()
         w = width
-        self.features = nn.Sequential(conv_bn_relu(1, w), conv_bn_relu(w, 2 * w, stride=2),
-                                      conv_bn_relu(2 * w, 2 * w), conv_bn_relu(2 * w, 4 * w, stride=2))
+        self.features = nn.Sequential(
+            conv_bn_relu(1, w),
+            conv_bn_relu(w, 2 * w, stride=2),
+            conv_bn_relu(2 * w, 2 * w),
+            conv_bn_relu(2 * w, 4 * w, stride=2),
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(4 * w, num_classes)
 
@@ -100,8 +108,16 @@ MODELS = {"plain": PlainCNN, "residual": ResidualCNN}
 # --------------------------------------------------------------------------- training
 
 
-def train(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], epochs: int, lr: float = 0.1,
-          momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 64, seed: int = 0) -> nn.Module:
+def train(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    epochs: int,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> nn.Module:
     """SGD with a cosine learning-rate schedule and cross-entropy; returns ``model`` in eval mode."""
     batches = loader(data, batch_size, shuffle=True, seed=seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -123,14 +139,17 @@ def accuracy(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], batch_si
     was_training = model.training
     model.eval()
     x, y = data
-    correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
-                  for i in range(0, len(y), batch_size))
+    correct = sum(
+        int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+        for i in range(0, len(y), batch_size)
+    )
     model.train(was_training)
     return 100.0 * correct / len(y)
 
 
-def float_model(name: str, data: dict, epochs: int = 6, width: int = 16, alpha_init: float = 3.0,
-                lr: float = 0.1, seed: int = 0) -> nn.Module:
+def float_model(
+    name: str, data: dict, epochs: int = 6, width: int = 16, alpha_init: float = 3.0, lr: float = 0.1, seed: int = 0
+) -> nn.Module:
     """``MODELS[name]`` trained at full precision on ``data["train"]``, its ReLUs already
     replaced by clipped ReLUs with a learnable clip ``alpha`` (``QuantReLU(bits=None)``), so
     that the clip values are trained before quantization (METHOD.md §2)."""
@@ -139,19 +158,19 @@ def float_model(name: str, data: dict, epochs: int = 6, width: int = 16, alpha_i
     return train(model, data["train"], epochs, lr=lr, seed=seed) if epochs else model.eval()
 
 
-def quantize_and_train(model: nn.Module, bits: int, data: dict, epochs: int = 6, lr: float = 0.04,
-                       seed: int = 0) -> nn.Module:
+def quantize_and_train(
+    model: nn.Module, bits: int, data: dict, epochs: int = 6, lr: float = 0.04, seed: int = 0
+) -> nn.Module:
     """Quantize ``model``'s activations to ``bits`` bits in place (clips keep their values;
     weights stay full precision) and train it on ``data["train"]``."""
     fastsnn.quantize_model(model, bits)
     return train(model, data["train"], epochs, lr=lr, seed=seed + bits)
 
 
-def quantized_model(name: str, data: dict, bits: int = 2, fp_epochs: int = 6, q_epochs: int = 6,
-                    seed: int = 0, **kwargs) -> nn.Module:
+def quantized_model(
+    name: str, data: dict, bits: int = 2, fp_epochs: int = 6, q_epochs: int = 6, seed: int = 0, **kwargs
+) -> nn.Module:
     """The recipe of the end-to-end test and the benchmark: ``fp_epochs`` at full precision
     (clipped ReLUs), then ``q_epochs`` at ``bits`` bits. About 3 s for 6 + 6 epochs on a CPU."""
     model = float_model(name, data, fp_epochs, seed=seed, **kwargs)
     return quantize_and_train(model, bits, data, q_epochs, seed=seed)
-
-

@@ -27,6 +27,7 @@ present (``--device``); the tables say which device.
 Timing waits (up to ``--max-wait`` s) for the 1-minute load average to fall below
 ``--max-load`` and reports the load it measured under either way.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -105,8 +106,9 @@ def inference(arch: str, args, device, log) -> tuple[list[dict], list[dict]]:
     for T in args.timesteps:
         b = bits_for(T)
         if b not in qmodels:
-            qmodels[b] = fastsnn.quantize_model(copy.deepcopy(fp), b, weight_bits=weight_bits(args, b),
-                                                alpha_init=2.0).eval()
+            qmodels[b] = fastsnn.quantize_model(
+                copy.deepcopy(fp), b, weight_bits=weight_bits(args, b), alpha_init=2.0
+            ).eval()
     ann_quant = fold_bn(qmodels[bits_for(args.timesteps[0])])
     sj_ok = not args.no_spikingjelly and bu.spikingjelly_version() is not None
     sj = {}
@@ -133,8 +135,12 @@ def inference(arch: str, args, device, log) -> tuple[list[dict], list[dict]]:
                 snns["fastsnn_integer"] = fastsnn.convert_to_snn(q, timesteps=T, compiled=True, integer_kernels=True)
             if "fastsnn_chunked" in args.variants:  # int8 synapses only where the weights are quantized
                 snns["fastsnn_chunked"] = fastsnn.convert_to_snn(
-                    q, timesteps=T, compiled=True, integer_kernels=args.weight_bits == "same",
-                    chunk_size=args.chunk_size)
+                    q,
+                    timesteps=T,
+                    compiled=True,
+                    integer_kernels=args.weight_bits == "same",
+                    chunk_size=args.chunk_size,
+                )
             if "fastsnn_eager" in args.variants:
                 snns["fastsnn_eager"] = fastsnn.convert_to_snn(q, timesteps=T)
             if "fastsnn_streaming" in args.variants:
@@ -152,8 +158,14 @@ def inference(arch: str, args, device, log) -> tuple[list[dict], list[dict]]:
                 first[name] = time.perf_counter() - t0
             log(f"{arch} T={T}: warm-up done ({', '.join(f'{k} {v:.1f}s' for k, v in first.items())}); timing")
             timed = bu.time_round_robin(fns, args.repeats, device)
-            groups.append({"arch": arch, "T": T, "load_1min": bu.load_average(),
-                           "times": {k: v["times_s"] for k, v in timed.items()}})
+            groups.append(
+                {
+                    "arch": arch,
+                    "T": T,
+                    "load_1min": bu.load_average(),
+                    "times": {k: v["times_s"] for k, v in timed.items()},
+                }
+            )
             for name in fns:
                 if name in anns:
                     continue
@@ -177,11 +189,21 @@ def inference(arch: str, args, device, log) -> tuple[list[dict], list[dict]]:
 
 
 def _row(arch, name, T, batch, timed, mem, first, group) -> dict:
-    row = {"arch": arch, "method": name, "label": LABELS[name], "T": T, "batch": batch,
-           "times_s": list(timed["times_s"]), "min_s": timed["min_s"], "median_s": timed["median_s"],
-           "images_per_s": batch / timed["min_s"], "images_per_s_median": batch / timed["median_s"],
-           "peak_mem_mb": mem / 2**20, "first_call_s": first,
-           "compile_or_warmup_s": max(first - timed["min_s"], 0.0)}
+    row = {
+        "arch": arch,
+        "method": name,
+        "label": LABELS[name],
+        "T": T,
+        "batch": batch,
+        "times_s": list(timed["times_s"]),
+        "min_s": timed["min_s"],
+        "median_s": timed["median_s"],
+        "images_per_s": batch / timed["min_s"],
+        "images_per_s_median": batch / timed["median_s"],
+        "peak_mem_mb": mem / 2**20,
+        "first_call_s": first,
+        "compile_or_warmup_s": max(first - timed["min_s"], 0.0),
+    }
     if T is not None:  # ratios against measurements of the same round-robin group
         row["vs_T_x_quant_ann"] = timed["min_s"] / (T * group["ann_quant"]["min_s"])
         row["vs_T_x_quant_ann_median"] = timed["median_s"] / (T * group["ann_quant"]["median_s"])
@@ -191,11 +213,14 @@ def _row(arch, name, T, batch, timed, mem, first, group) -> dict:
 def training(arch: str, args, device, log) -> list[dict]:
     """Training-step time (forward, backward, SGD step) of the float vs the quantized ANN."""
     fp = build_float(arch, args.width, args.seed, device).train()
-    models = {"float": fp,
-              "quant_a2": fastsnn.quantize_model(copy.deepcopy(fp), 2, alpha_init=2.0),
-              "quant_a2_w2_apot": fastsnn.quantize_model(copy.deepcopy(fp), 2, weight_bits=2, alpha_init=2.0),
-              "quant_a2_w2_apot_fused": fastsnn.quantize_model(copy.deepcopy(fp), 2, weight_bits=2, alpha_init=2.0,
-                                                               fused=True)}
+    models = {
+        "float": fp,
+        "quant_a2": fastsnn.quantize_model(copy.deepcopy(fp), 2, alpha_init=2.0),
+        "quant_a2_w2_apot": fastsnn.quantize_model(copy.deepcopy(fp), 2, weight_bits=2, alpha_init=2.0),
+        "quant_a2_w2_apot_fused": fastsnn.quantize_model(
+            copy.deepcopy(fp), 2, weight_bits=2, alpha_init=2.0, fused=True
+        ),
+    }
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
     opts = {k: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4) for k, m in models.items()}
@@ -206,6 +231,7 @@ def training(arch: str, args, device, log) -> list[dict]:
             opts[k].zero_grad(set_to_none=True)
             loss.backward()
             opts[k].step()
+
         return run
 
     fns = {k: step(k) for k in models}
@@ -214,9 +240,18 @@ def training(arch: str, args, device, log) -> list[dict]:
     timed = bu.time_round_robin(fns, args.train_steps, device)
     rows = []
     for k, t in timed.items():
-        rows.append({"arch": arch, "model": k, "batch": args.batch, "times_s": t["times_s"], "min_s": t["min_s"],
-                     "median_s": t["median_s"], "vs_float": t["median_s"] / timed["float"]["median_s"],
-                     "vs_float_min": t["min_s"] / timed["float"]["min_s"]})
+        rows.append(
+            {
+                "arch": arch,
+                "model": k,
+                "batch": args.batch,
+                "times_s": t["times_s"],
+                "min_s": t["min_s"],
+                "median_s": t["median_s"],
+                "vs_float": t["median_s"] / timed["float"]["median_s"],
+                "vs_float_min": t["min_s"] / timed["float"]["min_s"],
+            }
+        )
     log(f"{arch} training step: " + ", ".join(f"{r['model']} {r['median_s'] * 1e3:.0f} ms" for r in rows))
     return rows
 
@@ -226,21 +261,38 @@ def finetune_timing(arch: str, args, device, log) -> list[dict]:
     rows = []
     fp = build_float(arch, args.width, args.seed, device)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
-    batches = [(torch.randn(args.batch, 3, args.image_size, args.image_size, generator=gen).to(device),)
-               for _ in range(args.finetune_batches)]
+    batches = [
+        (torch.randn(args.batch, 3, args.image_size, args.image_size, generator=gen).to(device),)
+        for _ in range(args.finetune_batches)
+    ]
     for T in args.finetune_timesteps:
-        q = fastsnn.quantize_model(copy.deepcopy(fp), bits_for(T), weight_bits=weight_bits(args, bits_for(T)),
-                                   alpha_init=2.0).eval()
+        q = fastsnn.quantize_model(
+            copy.deepcopy(fp), bits_for(T), weight_bits=weight_bits(args, bits_for(T)), alpha_init=2.0
+        ).eval()
         snn = fastsnn.convert_to_snn(q, timesteps=T, compiled="fastsnn_compiled" in args.variants)
         with torch.no_grad():
             snn(batches[0][0])  # compile / warm up outside the timed stage
         stamps = [time.perf_counter()]
-        reports = fastsnn.layerwise_finetune(q, snn, batches, epochs_per_layer=1, measure_batches=1,
-                                             on_layer_end=lambda r: stamps.append(time.perf_counter()))
+        reports = fastsnn.layerwise_finetune(
+            q,
+            snn,
+            batches,
+            epochs_per_layer=1,
+            measure_batches=1,
+            on_layer_end=lambda r, stamps=stamps: stamps.append(time.perf_counter()),
+        )
         for r, t0, t1 in zip(reports, stamps, stamps[1:]):
-            rows.append({"arch": arch, "T": T, "layer": r.path, "seconds": t1 - t0,
-                         "seconds_per_batch": (t1 - t0) / (len(batches) + 2),  # + MSE before / after
-                         "batches": len(batches), "batch": args.batch})
+            rows.append(
+                {
+                    "arch": arch,
+                    "T": T,
+                    "layer": r.path,
+                    "seconds": t1 - t0,
+                    "seconds_per_batch": (t1 - t0) / (len(batches) + 2),  # + MSE before / after
+                    "batches": len(batches),
+                    "batch": args.batch,
+                }
+            )
         total = stamps[-1] - stamps[0]
         log(f"{arch} fine-tuning T={T}: {len(reports)} layers, {total:.1f} s")
     return rows
@@ -258,75 +310,119 @@ def targets(rows: list[dict], train_rows: list[dict], args) -> list[dict]:
     for arch in args.archs:
         for T in args.timesteps:
             sjs = [r for r in (get(arch, m, T) for m in SJ_VARIANTS) if r is not None]
-            methods = [m for m in ("fastsnn_compiled", "fastsnn_integer", "fastsnn_chunked")
-                       if get(arch, m, T)] or ["fastsnn_eager"]
+            methods = [m for m in ("fastsnn_compiled", "fastsnn_integer", "fastsnn_chunked") if get(arch, m, T)] or [
+                "fastsnn_eager"
+            ]
             for method in methods:
                 ours = get(arch, method, T)
                 if ours is None:
                     continue
-                out.append({"target": f"{arch} T={T}: SNN time <= 1.1 x T x quantized ANN ({method})",
-                            "value": ours["vs_T_x_quant_ann"], "limit": 1.1, "met": ours["vs_T_x_quant_ann"] <= 1.1,
-                            "note": f"{ours['label']}; median-based {ours['vs_T_x_quant_ann_median']:.2f}"})
+                out.append(
+                    {
+                        "target": f"{arch} T={T}: SNN time <= 1.1 x T x quantized ANN ({method})",
+                        "value": ours["vs_T_x_quant_ann"],
+                        "limit": 1.1,
+                        "met": ours["vs_T_x_quant_ann"] <= 1.1,
+                        "note": f"{ours['label']}; median-based {ours['vs_T_x_quant_ann_median']:.2f}",
+                    }
+                )
                 if sjs and T in (3, 15):
                     sj_best = min(sjs, key=lambda r: r["min_s"])
                     need = 1.5 if T == 3 else 1.2
                     speedup = sj_best["min_s"] / ours["min_s"]
-                    out.append({"target": f"{arch} T={T}: throughput >= {need} x SpikingJelly ({method})",
-                                "value": speedup, "limit": need, "met": speedup >= need,
-                                "note": f"vs the faster SpikingJelly mode ({sj_best['label']}); "
-                                        f"median-based {sj_best['median_s'] / ours['median_s']:.2f}"})
+                    out.append(
+                        {
+                            "target": f"{arch} T={T}: throughput >= {need} x SpikingJelly ({method})",
+                            "value": speedup,
+                            "limit": need,
+                            "met": speedup >= need,
+                            "note": f"vs the faster SpikingJelly mode ({sj_best['label']}); "
+                            f"median-based {sj_best['median_s'] / ours['median_s']:.2f}",
+                        }
+                    )
             stream, ann = get(arch, "fastsnn_streaming", T), get(arch, "ann_quant")
             if stream is not None and ann is not None and ann["peak_mem_mb"] > 0:
                 ratio = stream["peak_mem_mb"] / ann["peak_mem_mb"]
-                out.append({"target": f"{arch} T={T}: streaming peak memory <= 1.5 x quantized ANN",
-                            "value": ratio, "limit": 1.5, "met": ratio <= 1.5,
-                            "note": f"{stream['peak_mem_mb']:.1f} MiB vs {ann['peak_mem_mb']:.1f} MiB"})
+                out.append(
+                    {
+                        "target": f"{arch} T={T}: streaming peak memory <= 1.5 x quantized ANN",
+                        "value": ratio,
+                        "limit": 1.5,
+                        "met": ratio <= 1.5,
+                        "note": f"{stream['peak_mem_mb']:.1f} MiB vs {ann['peak_mem_mb']:.1f} MiB",
+                    }
+                )
     for r in train_rows:
         if r["model"].startswith("quant_a2_w2_apot"):
             fused = r["model"].endswith("_fused")
-            out.append({"target": f"{r['arch']}: quantized ANN training step <= 1.3 x float ANN"
-                                  + (" (fused QuantReLU)" if fused else ""),
-                        "value": r["vs_float"], "limit": 1.3, "met": r["vs_float"] <= 1.3,
-                        "note": "2-bit activations + 2-bit APoT weights, median of interleaved steps"
-                                + ("; quantize_model(..., fused=True)" if fused else "")})
+            out.append(
+                {
+                    "target": f"{r['arch']}: quantized ANN training step <= 1.3 x float ANN"
+                    + (" (fused QuantReLU)" if fused else ""),
+                    "value": r["vs_float"],
+                    "limit": 1.3,
+                    "met": r["vs_float"] <= 1.3,
+                    "note": "2-bit activations + 2-bit APoT weights, median of interleaved steps"
+                    + ("; quantize_model(..., fused=True)" if fused else ""),
+                }
+            )
     return out
 
 
 def markdown(result: dict) -> str:
     env, cfg = result["environment"], result["config"]
-    lines = [f"### Inference speed and memory ({result['device_label']}, batch {cfg['batch']}, "
-             f"{cfg['image_size']}x{cfg['image_size']} input)", "",
-             f"Load average (1 min) while measuring: {_loads(result)}; torch {env['torch']}, "
-             f"SpikingJelly {env['spikingjelly'] or 'not installed (skipped)'}; best of {cfg['repeats']} "
-             "interleaved runs (median in the JSON). `x T·qANN`: time / (T x quantized-ANN time); "
-             "`SJ / ours`: the faster SpikingJelly mode's time / this row's time.", "",
-             "| arch | method | T | images/s | ms / batch | x T·qANN | SJ / ours | peak MiB | warm-up / compile s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### Inference speed and memory ({result['device_label']}, batch {cfg['batch']}, "
+        f"{cfg['image_size']}x{cfg['image_size']} input)",
+        "",
+        f"Load average (1 min) while measuring: {_loads(result)}; torch {env['torch']}, "
+        f"SpikingJelly {env['spikingjelly'] or 'not installed (skipped)'}; best of {cfg['repeats']} "
+        "interleaved runs (median in the JSON). `x T·qANN`: time / (T x quantized-ANN time); "
+        "`SJ / ours`: the faster SpikingJelly mode's time / this row's time.",
+        "",
+        "| arch | method | T | images/s | ms / batch | x T·qANN | SJ / ours | peak MiB | warm-up / compile s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     rows = result["inference"]
     for r in rows:
         sj = [s for s in rows if s["arch"] == r["arch"] and s["T"] == r["T"] and s["method"] in SJ_VARIANTS]
         sj_best = min((s["min_s"] for s in sj), default=None)
         speed = f"{sj_best / r['min_s']:.2f}" if sj_best and r["T"] is not None else "-"
         vs = f"{r['vs_T_x_quant_ann']:.2f}" if r["T"] is not None else "-"
-        lines.append(f"| {r['arch']} | {r['label']} | {r['T'] if r['T'] is not None else '-'} "
-                     f"| {r['images_per_s']:.0f} | {r['min_s'] * 1e3:.1f} | {vs} | {speed} | {r['peak_mem_mb']:.1f} "
-                     f"| {r['compile_or_warmup_s']:.1f} |")
+        lines.append(
+            f"| {r['arch']} | {r['label']} | {r['T'] if r['T'] is not None else '-'} "
+            f"| {r['images_per_s']:.0f} | {r['min_s'] * 1e3:.1f} | {vs} | {speed} | {r['peak_mem_mb']:.1f} "
+            f"| {r['compile_or_warmup_s']:.1f} |"
+        )
     if result["training"]:
-        lines += ["", f"### Training step (forward + backward + SGD, batch {cfg['batch']})", "",
-                  "| arch | model | ms / step (median) | vs float |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"### Training step (forward + backward + SGD, batch {cfg['batch']})",
+            "",
+            "| arch | model | ms / step (median) | vs float |",
+            "|---|---|---|---|",
+        ]
         for r in result["training"]:
             lines.append(f"| {r['arch']} | {r['model']} | {r['median_s'] * 1e3:.0f} | {r['vs_float']:.2f} |")
     if result["finetune"]:
-        lines += ["", "### Layer-wise fine-tuning, time per layer", "",
-                  f"One epoch of {result['finetune'][0]['batches']} batches of {cfg['batch']} per layer "
-                  "(+ one batch each to measure the layer's MSE before and after).", "",
-                  "| arch | T | layers | s / layer (mean) | s / layer (min-max) | s / batch |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "### Layer-wise fine-tuning, time per layer",
+            "",
+            f"One epoch of {result['finetune'][0]['batches']} batches of {cfg['batch']} per layer "
+            "(+ one batch each to measure the layer's MSE before and after).",
+            "",
+            "| arch | T | layers | s / layer (mean) | s / layer (min-max) | s / batch |",
+            "|---|---|---|---|---|---|",
+        ]
         keys = sorted({(r["arch"], r["T"]) for r in result["finetune"]}, key=lambda k: (cfg["archs"].index(k[0]), k[1]))
         for arch, T in keys:
             rs = [r for r in result["finetune"] if r["arch"] == arch and r["T"] == T]
             secs = [r["seconds"] for r in rs]
-            lines.append(f"| {arch} | {T} | {len(rs)} | {statistics.mean(secs):.2f} | {min(secs):.2f}-{max(secs):.2f} "
-                         f"| {statistics.mean(r['seconds_per_batch'] for r in rs):.2f} |")
+            lines.append(
+                f"| {arch} | {T} | {len(rs)} | {statistics.mean(secs):.2f} | {min(secs):.2f}-{max(secs):.2f} "
+                f"| {statistics.mean(r['seconds_per_batch'] for r in rs):.2f} |"
+            )
     if result["targets"]:
         lines += ["", "### Targets", "", "| target | measured | met |", "|---|---|---|"]
         for t in result["targets"]:
@@ -351,17 +447,31 @@ def parse_args(argv=None):
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--width", type=float, default=1.0, help="channel width multiplier of the backbones")
     p.add_argument("--timesteps", nargs="+", type=int, default=None, help="T values (default 3 7 15; quick 3 15)")
-    p.add_argument("--variants", nargs="+", default=list(SNN_VARIANTS + SJ_VARIANTS),
-                   choices=list(SNN_VARIANTS + SJ_VARIANTS), help="SNN simulations to measure")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(SNN_VARIANTS + SJ_VARIANTS),
+        choices=list(SNN_VARIANTS + SJ_VARIANTS),
+        help="SNN simulations to measure",
+    )
     p.add_argument("--chunk-size", type=int, default=8, help="samples per chunk of the fastsnn_chunked variant")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per method (default 7, quick 3)")
     p.add_argument("--train-steps", type=int, default=None, help="timed training steps per model (default 7, quick 3)")
     p.add_argument("--finetune-batches", type=int, default=None, help="batches per layer (default 8, quick 2)")
-    p.add_argument("--finetune-timesteps", nargs="*", type=int, default=None,
-                   help="T values for the fine-tuning timing (default 3; none to skip)")
-    p.add_argument("--weight-bits", choices=("same", "none"), default="same",
-                   help="weights of our models: 'same' bits as the activations (APoT, 8-bit first/last layer; "
-                        "the project's default), or 'none' (float). The float ANN / SpikingJelly keep float weights")
+    p.add_argument(
+        "--finetune-timesteps",
+        nargs="*",
+        type=int,
+        default=None,
+        help="T values for the fine-tuning timing (default 3; none to skip)",
+    )
+    p.add_argument(
+        "--weight-bits",
+        choices=("same", "none"),
+        default="same",
+        help="weights of our models: 'same' bits as the activations (APoT, 8-bit first/last layer; "
+        "the project's default), or 'none' (float). The float ANN / SpikingJelly keep float weights",
+    )
     p.add_argument("--no-train", action="store_true", help="skip the training-step timing")
     p.add_argument("--no-spikingjelly", action="store_true", help="skip SpikingJelly even when installed")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 = torch's default)")
@@ -393,8 +503,14 @@ def main(argv=None) -> dict:
     log = bu.log
     sj_version = None if args.no_spikingjelly else bu.spikingjelly_version()
     if sj_version is None:
-        log("SpikingJelly " + ("skipped (--no-spikingjelly)" if args.no_spikingjelly else
-                               "not installed: skipped (pip install -e '.[bench]')"))
+        log(
+            "SpikingJelly "
+            + (
+                "skipped (--no-spikingjelly)"
+                if args.no_spikingjelly
+                else "not installed: skipped (pip install -e '.[bench]')"
+            )
+        )
         args.variants = [v for v in args.variants if v not in SJ_VARIANTS]
     log(f"device: {bu.device_label(device)}")
     start = time.perf_counter()
@@ -408,11 +524,20 @@ def main(argv=None) -> dict:
             train_rows += training(arch, args, device, log)
         if args.finetune_timesteps:
             ft_rows += finetune_timing(arch, args, device, log)
-    result = {"benchmark": "speed", "command": bu.command_line(), "device_label": bu.device_label(device),
-              "config": {k: v for k, v in vars(args).items()}, "environment": bu.environment(device),
-              "load": load | {"load_after": bu.load_average()}, "inference": rows, "groups": groups,
-              "training": train_rows, "finetune": ft_rows, "spikingjelly_skipped": sj_version is None,
-              "seconds": time.perf_counter() - start}
+    result = {
+        "benchmark": "speed",
+        "command": bu.command_line(),
+        "device_label": bu.device_label(device),
+        "config": {k: v for k, v in vars(args).items()},
+        "environment": bu.environment(device),
+        "load": load | {"load_after": bu.load_average()},
+        "inference": rows,
+        "groups": groups,
+        "training": train_rows,
+        "finetune": ft_rows,
+        "spikingjelly_skipped": sj_version is None,
+        "seconds": time.perf_counter() - start,
+    }
     result["targets"] = targets(rows, train_rows, args)
     bu.write_results(args.name, result, markdown(result), args.out_dir)
     return result

@@ -3,6 +3,7 @@
 The method as plain PyTorch: quantize a model, train it, convert it to a signed-IF SNN,
 fine-tune it layer by layer, count its spikes. No Lightning or Hydra needed here.
 """
+
 from .convert import ConversionError, SpikingModel, convert_to_snn, register_linear_function, register_linear_module
 from .finetune import LayerReport, layerwise_finetune
 from .neuron import IFNeuron
@@ -10,7 +11,17 @@ from .quant import QuantConv2d, QuantLinear, QuantReLU, quantize_model
 from .stats import spike_stats
 
 __all__ = [
-    "ConversionError", "IFNeuron", "LayerReport", "QuantConv2d", "QuantLinear", "QuantReLU",
-    "SpikingModel", "convert_to_snn", "layerwise_finetune", "quantize_model",
-    "register_linear_function", "register_linear_module", "spike_stats",
+    "ConversionError",
+    "IFNeuron",
+    "LayerReport",
+    "QuantConv2d",
+    "QuantLinear",
+    "QuantReLU",
+    "SpikingModel",
+    "convert_to_snn",
+    "layerwise_finetune",
+    "quantize_model",
+    "register_linear_function",
+    "register_linear_module",
+    "spike_stats",
 ]

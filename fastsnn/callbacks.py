@@ -4,12 +4,13 @@ Both work with any LightningModule that follows the small protocol of
 ``tasks.base.SNNTaskModule``: ``net`` (the quantized ANN), ``snn`` / ``set_snn(snn)``,
 ``eval_label`` (what ``test`` evaluates), ``inputs(batch)`` and ``score(model, loader)``.
 """
+
 from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from lightning.pytorch import Callback
@@ -38,9 +39,16 @@ class SNNConversion(Callback):
       per-layer rates ``<label>/layer_rate/<layer>``.
     """
 
-    def __init__(self, timesteps: int | None = None, signed: bool = True, stats_batches: int = 4,
-                 mode: str = "multistep", compiled: bool = False, convert_on_fit_end: bool = False,
-                 chunk_size: int | None = None):
+    def __init__(
+        self,
+        timesteps: int | None = None,
+        signed: bool = True,
+        stats_batches: int = 4,
+        mode: str = "multistep",
+        compiled: bool = False,
+        convert_on_fit_end: bool = False,
+        chunk_size: int | None = None,
+    ):
         self.timesteps = timesteps
         self.chunk_size = chunk_size
         self.mode = mode
@@ -52,8 +60,9 @@ class SNNConversion(Callback):
         self.last_stats: dict | None = None
 
     def convert(self, module) -> SpikingModel:
-        snn = convert_to_snn(module.net, self.timesteps, self.signed, self.mode, self.compiled,
-                             chunk_size=self.chunk_size)
+        snn = convert_to_snn(
+            module.net, self.timesteps, self.signed, self.mode, self.compiled, chunk_size=self.chunk_size
+        )
         module.set_snn(snn.to(module.device))
         return snn
 
@@ -118,11 +127,22 @@ class LayerwiseFineTuning:
     Under multi-process DDP, rank 0 fine-tunes and the result is broadcast to the others.
     """
 
-    def __init__(self, epochs_per_layer: int = 1, lr: float = 1e-3, momentum: float = 0.9,
-                 weight_decay: float = 5e-4, validate: bool = True, keep_if_better: bool = True,
-                 limit_batches: int | None = None, limit_val_batches: int | None = None,
-                 measure_batches: int = 4, device: str = "auto", checkpoint_dir: str | None = None,
-                 resume: str | None = None, progress: bool = True):
+    def __init__(
+        self,
+        epochs_per_layer: int = 1,
+        lr: float = 1e-3,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        validate: bool = True,
+        keep_if_better: bool = True,
+        limit_batches: int | None = None,
+        limit_val_batches: int | None = None,
+        measure_batches: int = 4,
+        device: str = "auto",
+        checkpoint_dir: str | None = None,
+        resume: str | None = None,
+        progress: bool = True,
+    ):
         self.epochs_per_layer = epochs_per_layer
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.validate = validate
@@ -143,8 +163,11 @@ class LayerwiseFineTuning:
     def run(self, module, datamodule, loggers=()) -> list[LayerReport]:
         if module.snn is None:
             raise RuntimeError("the fine-tuning stage needs a converted SNN: run the convert stage first")
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
+        distributed = (
+            torch.distributed.is_available()
+            and torch.distributed.is_initialized()
             and torch.distributed.get_world_size() > 1
+        )
         rank = torch.distributed.get_rank() if distributed else 0
         reports: list[LayerReport] = []
         if rank == 0:
@@ -166,40 +189,67 @@ class LayerwiseFineTuning:
             if state["timesteps"] != module.snn.timesteps or state["signed"] != module.snn.signed:
                 raise ValueError(
                     f"{self.resume} was made at T={state['timesteps']}, signed={state['signed']}, but this "
-                    f"run has T={module.snn.timesteps}, signed={module.snn.signed}; use the same settings to resume.")
+                    f"run has T={module.snn.timesteps}, signed={module.snn.signed}; use the same settings to resume."
+                )
             module.snn.load_state_dict(state["snn"])
             start, done = state["next_layer"], state["reports"]
         datamodule.setup("fit")
         train = _Limited(datamodule.train_dataloader(), self.limit_batches)
         validate = None
         if self.validate:
+
             def validate(snn):
                 return module.score(snn, datamodule.val_dataloader(), self.limit_val_batches)
 
         def progress(loader, description):
-            return tqdm(loader, desc=f"fine-tune {description}", leave=False, disable=not self.progress,
-                        dynamic_ncols=True)
+            return tqdm(
+                loader, desc=f"fine-tune {description}", leave=False, disable=not self.progress, dynamic_ncols=True
+            )
 
         def on_layer_end(report: LayerReport):
             done.append(report)
-            metrics = {"finetune/mse_before": report.mse_before, "finetune/mse_after": report.mse_after,
-                       "finetune/loss": report.train_loss, "finetune/kept": float(report.kept)}
+            metrics = {
+                "finetune/mse_before": report.mse_before,
+                "finetune/mse_after": report.mse_after,
+                "finetune/loss": report.train_loss,
+                "finetune/kept": float(report.kept),
+            }
             if report.score is not None:
                 metrics["finetune/val_score"] = report.score
             for logger in loggers:
                 logger.log_metrics(metrics, step=report.index)
             if self.progress:
-                tqdm.write(f"fine-tuned {report.path}: mse {report.mse_before:.4g} -> {report.mse_after:.4g}"
-                           f"{'' if report.kept else ' (undone: no improvement)'}")
+                tqdm.write(
+                    f"fine-tuned {report.path}: mse {report.mse_before:.4g} -> {report.mse_after:.4g}"
+                    f"{'' if report.kept else ' (undone: no improvement)'}"
+                )
             if self.checkpoint_dir is not None:
-                _atomic_save({"snn": module.snn.state_dict(), "next_layer": start + len(done) - len(prior),
-                              "reports": done, "timesteps": module.snn.timesteps, "signed": module.snn.signed},
-                             self.checkpoint_dir / "finetune_last.pt")
+                _atomic_save(
+                    {
+                        "snn": module.snn.state_dict(),
+                        "next_layer": start + len(done) - len(prior),
+                        "reports": done,
+                        "timesteps": module.snn.timesteps,
+                        "signed": module.snn.signed,
+                    },
+                    self.checkpoint_dir / "finetune_last.pt",
+                )
 
         prior = list(done)
         layerwise_finetune(
-            module.net, module.snn, train, epochs_per_layer=self.epochs_per_layer, lr=self.lr,
-            momentum=self.momentum, weight_decay=self.weight_decay, validate=validate,
-            on_layer_end=on_layer_end, start_layer=start, input_fn=module.inputs,
-            measure_batches=self.measure_batches, keep_if_better=self.keep_if_better, progress=progress)
+            module.net,
+            module.snn,
+            train,
+            epochs_per_layer=self.epochs_per_layer,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            validate=validate,
+            on_layer_end=on_layer_end,
+            start_layer=start,
+            input_fn=module.inputs,
+            measure_batches=self.measure_batches,
+            keep_if_better=self.keep_if_better,
+            progress=progress,
+        )
         return done

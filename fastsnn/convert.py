@@ -19,6 +19,7 @@ regions:
 
 The result, :class:`SpikingModel`, is a plain ``nn.Module``; the ANN is left untouched.
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,35 +42,127 @@ class ConversionError(ValueError):
 # --------------------------------------------------------------------------- what is linear
 
 _LINEAR_MODULES: tuple[type, ...] = (
-    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-    nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity,
-    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.Flatten, nn.Unflatten, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
-    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
-    nn.PixelShuffle, nn.PixelUnshuffle,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.Identity,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.Upsample,
+    nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
+    nn.ZeroPad1d,
+    nn.ZeroPad2d,
+    nn.ZeroPad3d,
+    nn.ConstantPad1d,
+    nn.ConstantPad2d,
+    nn.ConstantPad3d,
+    nn.PixelShuffle,
+    nn.PixelUnshuffle,
 )
 _LINEAR_FUNCTIONS = {
-    operator.add, operator.sub, operator.neg, operator.pos, operator.getitem, getattr,
-    torch.add, torch.sub, torch.neg, torch.cat, torch.concat, torch.stack, torch.flatten,
-    torch.reshape, torch.squeeze, torch.unsqueeze, torch.transpose, torch.permute, torch.chunk,
-    torch.split, torch.narrow, torch.sum, torch.mean,
-    F.interpolate, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.pad, F.conv1d, F.conv2d, F.conv3d, F.linear,
-    F.pixel_shuffle, F.pixel_unshuffle, F.dropout,
+    operator.add,
+    operator.sub,
+    operator.neg,
+    operator.pos,
+    operator.getitem,
+    getattr,
+    torch.add,
+    torch.sub,
+    torch.neg,
+    torch.cat,
+    torch.concat,
+    torch.stack,
+    torch.flatten,
+    torch.reshape,
+    torch.squeeze,
+    torch.unsqueeze,
+    torch.transpose,
+    torch.permute,
+    torch.chunk,
+    torch.split,
+    torch.narrow,
+    torch.sum,
+    torch.mean,
+    F.interpolate,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.pad,
+    F.conv1d,
+    F.conv2d,
+    F.conv3d,
+    F.linear,
+    F.pixel_shuffle,
+    F.pixel_unshuffle,
+    F.dropout,
 }
 _LINEAR_METHODS = {
-    "view", "reshape", "flatten", "unflatten", "size", "dim", "permute", "transpose", "contiguous",
-    "chunk", "split", "squeeze", "unsqueeze", "narrow", "add", "sub", "neg", "mean", "sum", "to",
-    "type_as", "clone", "float", "view_as", "reshape_as",
+    "view",
+    "reshape",
+    "flatten",
+    "unflatten",
+    "size",
+    "dim",
+    "permute",
+    "transpose",
+    "contiguous",
+    "chunk",
+    "split",
+    "squeeze",
+    "unsqueeze",
+    "narrow",
+    "add",
+    "sub",
+    "neg",
+    "mean",
+    "sum",
+    "to",
+    "type_as",
+    "clone",
+    "float",
+    "view_as",
+    "reshape_as",
 }
 # products and quotients are linear only while a single operand carries spikes
 _SCALING = {operator.mul, operator.truediv, torch.mul, torch.div, "mul", "div"}
-_MAX_POOLING = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-                nn.AdaptiveMaxPool3d)
-_MAX_POOLING_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
-                          F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.max_pool2d}
+_MAX_POOLING = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+)
+_MAX_POOLING_FUNCTIONS = {
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+    torch.max_pool2d,
+}
 
 
 def register_linear_module(cls: type) -> type:
@@ -135,31 +228,37 @@ def _check_spiking_op(node: fx.Node, gm: fx.GraphModule, temporal: set[fx.Node])
         if isinstance(m, _MAX_POOLING):
             raise ConversionError(
                 f"{where} is max pooling ({op}) between spiking layers; max pooling of spike "
-                "trains is not the max of their rates. Use a stride-2 convolution or nn.AvgPool2d.")
+                "trains is not the max of their rates. Use a stride-2 convolution or nn.AvgPool2d."
+            )
         if type(m) is nn.ReLU:
             raise ConversionError(
                 f"{where} is a plain nn.ReLU: quantize the model first (fastsnn.quantize_model) "
-                "so that it becomes a QuantReLU.")
+                "so that it becomes a QuantReLU."
+            )
         if isinstance(m, _LINEAR_MODULES):
             return
         raise ConversionError(
             f"{where} ({op}) sits between spiking layers and is not known to be linear per time "
             "step. Only QuantReLU may be nonlinear there: replace it (e.g. by nn.ReLU + "
             "quantize_model), move it after the output layer, or, if it is linear, declare it "
-            "with fastsnn.register_linear_module.")
+            "with fastsnn.register_linear_module."
+        )
     if node.target in _MAX_POOLING_FUNCTIONS:
         raise ConversionError(
             f"{where} calls max pooling ({op}) between spiking layers. Use a stride-2 convolution "
-            "or average pooling instead.")
+            "or average pooling instead."
+        )
     if node.target in _SCALING:
         operands = [a for a in node.args if isinstance(a, fx.Node) and a in temporal]
-        divisor_spikes = node.target in (operator.truediv, torch.div, "div") and len(node.args) > 1 \
-            and node.args[1] in temporal
+        divisor_spikes = (
+            node.target in (operator.truediv, torch.div, "div") and len(node.args) > 1 and node.args[1] in temporal
+        )
         if len(operands) <= 1 and not divisor_spikes:
             return
         raise ConversionError(
             f"{where} multiplies or divides two spike-carrying tensors ({op}); that is not linear "
-            "per time step. Only scaling by a constant or by a function of the analog input works.")
+            "per time step. Only scaling by a constant or by a function of the analog input works."
+        )
     if node.target in _LINEAR_FUNCTIONS or (node.op == "call_method" and node.target in _LINEAR_METHODS):
         if node.target is F.dropout and node.kwargs.get("training", False):
             raise ConversionError(f"{where} applies dropout in training mode; put the model in eval().")
@@ -168,7 +267,8 @@ def _check_spiking_op(node: fx.Node, gm: fx.GraphModule, temporal: set[fx.Node])
         f"{where} applies {op} between spiking layers, which is not linear per time step (a "
         "functional relu, sigmoid, GELU, ... cannot run on spike trains). Write ReLUs as "
         "nn.ReLU modules so quantize_model makes them QuantReLU, or, if the function is linear, "
-        "declare it with fastsnn.register_linear_function.")
+        "declare it with fastsnn.register_linear_function."
+    )
 
 
 # --------------------------------------------------------------------------- runtime modules
@@ -335,8 +435,13 @@ class SpikeConv2d(nn.Conv2d):
         version = (self.weight._version, self.weight.data_ptr(), self.weight.device, self._unit())
         if getattr(self, "_int_cache_version", None) != version:
             grid = None
-            if self.groups == 1 and self.padding_mode == "zeros" and isinstance(self.padding, tuple) \
-                    and self.weight.dtype == torch.float32 and self.weight.device.type in ("cpu", "cuda"):
+            if (
+                self.groups == 1
+                and self.padding_mode == "zeros"
+                and isinstance(self.padding, tuple)
+                and self.weight.dtype == torch.float32
+                and self.weight.device.type in ("cpu", "cuda")
+            ):
                 grid = integer_grid(self.weight)
             if grid is None:
                 self._int_cache = None
@@ -366,10 +471,16 @@ class SpikeConv2d(nn.Conv2d):
         if ph or pw:
             xi = F.pad(xi, (0, 0, pw, pw, ph, ph))
         if (kh, kw) == (1, 1):
-            cols = xi[:, :(Ho - 1) * sh + 1:sh, :(Wo - 1) * sw + 1:sw, :]
+            cols = xi[:, : (Ho - 1) * sh + 1 : sh, : (Wo - 1) * sw + 1 : sw, :]
         else:
-            cols = torch.cat([xi[:, i * dh:i * dh + (Ho - 1) * sh + 1:sh, j * dw:j * dw + (Wo - 1) * sw + 1:sw, :]
-                              for i in range(kh) for j in range(kw)], dim=3)
+            cols = torch.cat(
+                [
+                    xi[:, i * dh : i * dh + (Ho - 1) * sh + 1 : sh, j * dw : j * dw + (Wo - 1) * sw + 1 : sw, :]
+                    for i in range(kh)
+                    for j in range(kw)
+                ],
+                dim=3,
+            )
         try:
             y = torch._int_mm(cols.reshape(B * Ho * Wo, -1), w)
         except RuntimeError:  # a shape / layout this device's int8 GEMM does not take: stay float
@@ -397,8 +508,11 @@ def _use_integer_kernels(gm: fx.GraphModule) -> list[str]:
             if isinstance(m, nn.AvgPool2d) and m.padding in (0, (0, 0)) and m.divisor_override is None:
                 k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size, m.kernel_size)
                 pool, src = k[0] * k[1], src.args[0]
-        if not (isinstance(src, fx.Node) and src.op == "call_module"
-                and isinstance(gm.get_submodule(src.target), GraphNeuron)):
+        if not (
+            isinstance(src, fx.Node)
+            and src.op == "call_module"
+            and isinstance(gm.get_submodule(src.target), GraphNeuron)
+        ):
             continue
         if gm.get_submodule(node.target).in_channels < MIN_INTEGER_CHANNELS:
             continue  # im2col and conversions cost more than the int8 GEMM saves
@@ -444,8 +558,16 @@ class SpikingModel(nn.Module):
 
     MODES = ("multistep", "streaming")
 
-    def __init__(self, net: fx.GraphModule, ctx: TimeContext, signed: bool, layers: list[SpikingLayer],
-                 static_modules: frozenset[str], mode: str = "multistep", chunk_size: int | None = None):
+    def __init__(
+        self,
+        net: fx.GraphModule,
+        ctx: TimeContext,
+        signed: bool,
+        layers: list[SpikingLayer],
+        static_modules: frozenset[str],
+        mode: str = "multistep",
+        chunk_size: int | None = None,
+    ):
         super().__init__()
         self.net = net
         self.ctx = ctx
@@ -604,8 +726,17 @@ def _freeze_quantized_weights(model: nn.Module) -> None:
     for name, m in list(model.named_modules()):
         if isinstance(m, (QuantConv2d, QuantLinear)):
             if isinstance(m, QuantConv2d):
-                new = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
-                                m.dilation, m.groups, m.bias is not None, m.padding_mode)
+                new = nn.Conv2d(
+                    m.in_channels,
+                    m.out_channels,
+                    m.kernel_size,
+                    m.stride,
+                    m.padding,
+                    m.dilation,
+                    m.groups,
+                    m.bias is not None,
+                    m.padding_mode,
+                )
             else:
                 new = nn.Linear(m.in_features, m.out_features, m.bias is not None)
             new = new.to(device=m.weight.device, dtype=m.weight.dtype)
@@ -627,8 +758,13 @@ def _fold_batch_norms(gm: fx.GraphModule) -> None:
         if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), nn.modules.batchnorm._BatchNorm):
             continue
         prev = node.args[0]
-        if not (isinstance(prev, fx.Node) and prev.op == "call_module" and len(prev.users) == 1
-                and calls[prev.target] == 1 and calls[node.target] == 1):
+        if not (
+            isinstance(prev, fx.Node)
+            and prev.op == "call_module"
+            and len(prev.users) == 1
+            and calls[prev.target] == 1
+            and calls[node.target] == 1
+        ):
             continue
         layer, bn = gm.get_submodule(prev.target), gm.get_submodule(node.target)
         if not bn.track_running_stats or bn.running_mean is None:
@@ -649,21 +785,28 @@ def _fold_batch_norms(gm: fx.GraphModule) -> None:
 def _default_timesteps(qmodel: nn.Module) -> int:
     bits = activation_bits(qmodel)
     if not bits:
-        raise ConversionError(
-            "the model has no QuantReLU: quantize it first with fastsnn.quantize_model(model, bits).")
+        raise ConversionError("the model has no QuantReLU: quantize it first with fastsnn.quantize_model(model, bits).")
     if None in bits:
         raise ConversionError(
             "some QuantReLU modules are not quantized (bits=None); give them a bit width with "
-            "quantize_model(model, bits) or pass timesteps explicitly.")
+            "quantize_model(model, bits) or pass timesteps explicitly."
+        )
     if len(bits) > 1:
         raise ConversionError(
-            f"the QuantReLU modules have different bit widths {sorted(bits)}; pass timesteps explicitly.")
+            f"the QuantReLU modules have different bit widths {sorted(bits)}; pass timesteps explicitly."
+        )
     return 2 ** bits.pop() - 1
 
 
-def convert_to_snn(qmodel: nn.Module, timesteps: int | None = None, signed: bool = True,
-                   mode: str = "multistep", compiled: bool = False, integer_kernels: bool = False,
-                   chunk_size: int | None = None) -> SpikingModel:
+def convert_to_snn(
+    qmodel: nn.Module,
+    timesteps: int | None = None,
+    signed: bool = True,
+    mode: str = "multistep",
+    compiled: bool = False,
+    integer_kernels: bool = False,
+    chunk_size: int | None = None,
+) -> SpikingModel:
     """Convert a quantized ANN (see :func:`fastsnn.quantize_model`) into a :class:`SpikingModel`.
 
     Every ``QuantReLU`` call becomes an IF neuron with ``threshold = alpha`` (membrane starts
@@ -702,8 +845,7 @@ def convert_to_snn(qmodel: nn.Module, timesteps: int | None = None, signed: bool
             kind[node] = "neuron"
         else:
             inputs = {kind[a] for a in node.all_input_nodes}
-            kind[node] = ("temporal" if inputs & {"temporal", "neuron"} else
-                          "static" if "static" in inputs else "const")
+            kind[node] = "temporal" if inputs & {"temporal", "neuron"} else "static" if "static" in inputs else "const"
     reaches_neuron = _reaches(src, lambda u: kind[u] == "neuron")
     spiking = {n for n in src.graph.nodes if kind[n] == "temporal" and reaches_neuron[n]}
     if not any(k == "neuron" for k in kind.values()):
@@ -748,10 +890,12 @@ def convert_to_snn(qmodel: nn.Module, timesteps: int | None = None, signed: bool
 
     for node in src.graph.nodes:
         if node.op == "output":
+
             def out_value(a):
                 if kind[a] == "neuron" or a in spiking:
                     return adapter("collapse", a)
                 return value_for("output", a)
+
             graph.output(fx.node.map_arg(node.args[0], out_value))
             continue
         if kind[node] == "neuron":
@@ -767,10 +911,12 @@ def convert_to_snn(qmodel: nn.Module, timesteps: int | None = None, signed: bool
             layers.append(SpikingLayer(name=name, path=node.target, constant_input=constant))
             continue
         region = "spiking" if node in spiking else "output" if in_output(node) else "static"
-        if node.op == "call_module" and isinstance(src.get_submodule(node.target), (nn.Identity, nn.modules.dropout._DropoutNd)):
+        if node.op == "call_module" and isinstance(
+            src.get_submodule(node.target), (nn.Identity, nn.modules.dropout._DropoutNd)
+        ):
             env[node] = value_for(region, node.args[0])  # identity in eval mode
             continue
-        env[node] = graph.node_copy(node, lambda a: value_for(region, a))
+        env[node] = graph.node_copy(node, lambda a, region=region: value_for(region, a))
 
     graph.lint()
     net = fx.GraphModule(src, graph, class_name=f"Spiking{type(qmodel).__name__}")

@@ -13,10 +13,11 @@ is exact already), in order:
 4. SGD on MSE(prediction, target) updates the SNN's own weights of that layer
    (thresholds frozen), so the SNN is tuned in place.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 from torch import fx, nn
@@ -234,8 +235,11 @@ def layerwise_finetune(
             opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
             loss_sum, steps = 0.0, 0
             for epoch in range(epochs_per_layer):
-                batches = dataloader if progress is None else progress(
-                    dataloader, f"layer {index} {layer.path} ({epoch + 1}/{epochs_per_layer})")
+                batches = (
+                    dataloader
+                    if progress is None
+                    else progress(dataloader, f"layer {index} {layer.path} ({epoch + 1}/{epochs_per_layer})")
+                )
                 for batch in batches:
                     target, feeds, r_out = _observe(snn, ann_gm, lg, source, input_fn(batch).to(device))
                     y = torch.minimum(F.relu(_eval_rates(snn.net, lg, feeds)), theta)
@@ -245,8 +249,14 @@ def layerwise_finetune(
                     opt.step()
                     loss_sum += loss.item()
                     steps += 1
-            report = LayerReport(index, layer.name, layer.path, mse_before,
-                                 _layer_mse(snn, ann_gm, lg, source, measure), loss_sum / max(steps, 1))
+            report = LayerReport(
+                index,
+                layer.name,
+                layer.path,
+                mse_before,
+                _layer_mse(snn, ann_gm, lg, source, measure),
+                loss_sum / max(steps, 1),
+            )
             report.kept = not (keep_if_better and report.mse_after > report.mse_before)
             if report.kept and validate is not None:
                 report.score = validate(snn)

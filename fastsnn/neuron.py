@@ -11,6 +11,7 @@ Its net spike count therefore stays in ``[0, T]`` and its mean output on the qua
 ANN's grid, whatever order its input spikes arrive in (the paper's fix for the
 *sequential error*). ``signed=False`` gives the ordinary IF neuron, the baseline.
 """
+
 from __future__ import annotations
 
 import types
@@ -86,7 +87,8 @@ def _multistep_fn(compiled: bool, timesteps: int = 0, signed: bool = True, const
     key = (timesteps, signed, constant)
     if key not in _compiled_multistep:
         code = if_multistep.__code__.replace(
-            co_name=f"if_multistep_T{timesteps}_{'signed' if signed else 'unsigned'}{'_constant' if constant else ''}")
+            co_name=f"if_multistep_T{timesteps}_{'signed' if signed else 'unsigned'}{'_constant' if constant else ''}"
+        )
         fn = types.FunctionType(code, if_multistep.__globals__, code.co_name, if_multistep.__defaults__)
         _compiled_multistep[key] = torch.compile(fn, dynamic=True)
     return _compiled_multistep[key]

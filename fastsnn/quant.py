@@ -9,11 +9,12 @@
 * :func:`quantize_model` -- swaps these into any model, in place, and changes the bit
   width of a model that is already quantized (progressive 32 -> 4 -> 3 -> 2 training).
 """
+
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-from typing import Sequence
+from collections.abc import Sequence
+from functools import cache
 
 import torch
 from torch import nn
@@ -134,7 +135,7 @@ class QuantReLU(nn.Module):
 # --------------------------------------------------------------------------- weights
 
 
-@lru_cache(maxsize=None)
+@cache
 def apot_levels(magnitude_bits: int) -> tuple[float, ...]:
     """Additive powers-of-two magnitude levels in [0, 1] for ``magnitude_bits`` bits.
 
@@ -299,15 +300,30 @@ def _to_quant_layer(layer: nn.Module, bits: int | None, mode: str) -> nn.Module:
     """A Quant* copy of a plain conv / linear layer that shares its parameters."""
     if isinstance(layer, nn.Conv2d):
         new = QuantConv2d(
-            layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
-            padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
-            bias=layer.bias is not None, padding_mode=layer.padding_mode,
-            weight_bits=bits, weight_quant=mode, device=layer.weight.device, dtype=layer.weight.dtype,
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            bias=layer.bias is not None,
+            padding_mode=layer.padding_mode,
+            weight_bits=bits,
+            weight_quant=mode,
+            device=layer.weight.device,
+            dtype=layer.weight.dtype,
         )
     else:
-        new = QuantLinear(layer.in_features, layer.out_features, bias=layer.bias is not None,
-                          weight_bits=bits, weight_quant=mode, device=layer.weight.device,
-                          dtype=layer.weight.dtype)
+        new = QuantLinear(
+            layer.in_features,
+            layer.out_features,
+            bias=layer.bias is not None,
+            weight_bits=bits,
+            weight_quant=mode,
+            device=layer.weight.device,
+            dtype=layer.weight.dtype,
+        )
     new.weight = layer.weight
     if layer.bias is not None:
         new.bias = layer.bias

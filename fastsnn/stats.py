@@ -9,28 +9,33 @@
 * energy: ``E_MAC = 4.6 pJ``, ``E_AC = 0.9 pJ`` (45 nm CMOS, Horowitz 2014) -- an
   *estimate* for comparison with the ANN's MACs, not a measurement.
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .convert import GraphNeuron, SpikingModel
 
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
-ENERGY_NOTE = ("estimate: 45 nm CMOS, E_MAC = 4.6 pJ, E_AC = 0.9 pJ (Horowitz 2014); "
-               "SNN = first-layer MACs + synaptic ACs, ANN = all MACs")
+ENERGY_NOTE = (
+    "estimate: 45 nm CMOS, E_MAC = 4.6 pJ, E_AC = 0.9 pJ (Horowitz 2014); "
+    "SNN = first-layer MACs + synaptic ACs, ANN = all MACs"
+)
 
 
 def _macs(module: nn.Module, out: torch.Tensor) -> int:
     """Multiply-accumulates of one call of a conv / linear layer (whole batch)."""
     if isinstance(module, nn.Linear):
         return out.numel() * module.in_features
-    per_output = module.weight[0].numel() if not isinstance(module, nn.modules.conv._ConvTransposeNd) \
+    per_output = (
+        module.weight[0].numel()
+        if not isinstance(module, nn.modules.conv._ConvTransposeNd)
         else module.weight.shape[0] // module.groups * module.weight[0, 0].numel()
+    )
     return out.numel() * per_output
 
 
@@ -76,6 +81,7 @@ def spike_stats(snn: SpikingModel, data, max_batches: int | None = None) -> dict
             spikes[name][0] += int((out > 0).sum())
             spikes[name][1] += int((out < 0).sum())
             spikes[name][2] += out.numel()
+
         return hook
 
     def synapse_hook(name):
@@ -89,6 +95,7 @@ def spike_stats(snn: SpikingModel, data, max_batches: int | None = None) -> dict
             else:  # per-step spikes (time folded into the batch): T calls' worth of inputs
                 totals["sops"] += _events(module, inputs[0])
                 totals["ann_macs"] += macs // T
+
         return hook
 
     for name, module in snn.net.named_modules():
@@ -108,10 +115,15 @@ def spike_stats(snn: SpikingModel, data, max_batches: int | None = None) -> dict
     if images == 0:
         raise ValueError("spike_stats got no data")
 
-    layers = [{"name": layer.path, "neurons": spikes[layer.name][2] // (T * images),
-               "pos_rate": spikes[layer.name][0] / max(spikes[layer.name][2], 1),
-               "neg_rate": spikes[layer.name][1] / max(spikes[layer.name][2], 1)}
-              for layer in snn.layers]
+    layers = [
+        {
+            "name": layer.path,
+            "neurons": spikes[layer.name][2] // (T * images),
+            "pos_rate": spikes[layer.name][0] / max(spikes[layer.name][2], 1),
+            "neg_rate": spikes[layer.name][1] / max(spikes[layer.name][2], 1),
+        }
+        for layer in snn.layers
+    ]
     pos = sum(s[0] for s in spikes.values())
     neg = sum(s[1] for s in spikes.values())
     steps = max(sum(s[2] for s in spikes.values()), 1)
@@ -130,6 +142,10 @@ def spike_stats(snn: SpikingModel, data, max_batches: int | None = None) -> dict
         "sops": sops,
         "first_layer_macs": first,
         "ann_macs": ann,
-        "energy": {"snn_uj": snn_uj, "ann_uj": ann_uj, "ratio": snn_uj / ann_uj if ann_uj else float("nan"),
-                   "note": ENERGY_NOTE},
+        "energy": {
+            "snn_uj": snn_uj,
+            "ann_uj": ann_uj,
+            "ratio": snn_uj / ann_uj if ann_uj else float("nan"),
+            "note": ENERGY_NOTE,
+        },
     }

@@ -10,6 +10,7 @@ callbacks in :mod:`fastsnn.callbacks` work for every task alike.
 Metric names are ``<stage>/<name>``: ``train/loss``, ``val/acc``, ``ann/test_acc``,
 ``snn/test_acc``, ``snn_finetuned/test_acc``, and per time step ``snn/test_acc_t03``.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -35,8 +36,7 @@ class SNNTaskModule(L.LightningModule):
 
     metric: str = "acc"
 
-    def __init__(self, net: nn.Module, optimizer: Any = None, scheduler: Any = None,
-                 per_step_metrics: bool = True):
+    def __init__(self, net: nn.Module, optimizer: Any = None, scheduler: Any = None, per_step_metrics: bool = True):
         super().__init__()
         self.net = net
         self.set_snn(None)

@@ -1,4 +1,5 @@
 """Experiment loggers from the config; W&B falls back to offline mode without credentials."""
+
 from __future__ import annotations
 
 import logging
@@ -25,14 +26,21 @@ def wandb_credentials_present() -> bool:
 def make_loggers(cfg: DictConfig) -> list:
     """Instantiate ``cfg.logger`` (a dict of logger configs, or null for none)."""
     loggers = []
-    for name, conf in (cfg.get("logger") or {}).items():
+    for _name, conf in (cfg.get("logger") or {}).items():
         if conf is None:
             continue
-        if "Wandb" in conf.get("_target_", "") and not conf.get("offline") and not wandb_credentials_present() \
-                and os.environ.get("WANDB_MODE") not in ("online", "offline", "disabled"):
-            log.warning("W&B: no credentials found (WANDB_API_KEY or `wandb login`), so this run logs offline "
-                        "under %s/wandb; upload it later with `wandb sync %s/wandb/offline-run-*`",
-                        conf.save_dir, conf.save_dir)
+        if (
+            "Wandb" in conf.get("_target_", "")
+            and not conf.get("offline")
+            and not wandb_credentials_present()
+            and os.environ.get("WANDB_MODE") not in ("online", "offline", "disabled")
+        ):
+            log.warning(
+                "W&B: no credentials found (WANDB_API_KEY or `wandb login`), so this run logs offline "
+                "under %s/wandb; upload it later with `wandb sync %s/wandb/offline-run-*`",
+                conf.save_dir,
+                conf.save_dir,
+            )
             loggers.append(instantiate(conf, offline=True))
             continue
         loggers.append(instantiate(conf))

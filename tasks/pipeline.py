@@ -3,6 +3,7 @@
 ``run(cfg)`` builds data, model and trainer from the Hydra config, runs the requested
 stages and returns the results dict that is also written to ``results.json``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -10,9 +11,9 @@ import time
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ProgressBar
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fastsnn import quantize_model
@@ -51,12 +52,14 @@ def load_weights(module: SNNTaskModule, path: str, partial: bool = False) -> Non
     ``partial`` (``init_from``): another bit width's checkpoint; parameters it lacks (e.g.
     weight-quantizer clips when starting from full precision) keep their initial values.
     """
-    state = {k[len("net."):]: v for k, v in _load_checkpoint(path)["state_dict"].items() if k.startswith("net.")}
+    state = {k[len("net.") :]: v for k, v in _load_checkpoint(path)["state_dict"].items() if k.startswith("net.")}
     own = module.net.state_dict()
     wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if wrong:
-        raise SettingsError(f"{path} does not fit this model (shape mismatch in {wrong[:5]}): "
-                            "was it trained with another model, width or data set?")
+        raise SettingsError(
+            f"{path} does not fit this model (shape mismatch in {wrong[:5]}): "
+            "was it trained with another model, width or data set?"
+        )
     missing, unexpected = module.net.load_state_dict(state, strict=not partial)
     if partial and (missing or unexpected):
         log.info("init_from %s: kept initial values for %s; ignored %s", path, missing, unexpected)
@@ -66,9 +69,15 @@ def _quantize(net, bits: int | None, quant: DictConfig) -> None:
     weight_bits = quant.get("weight_bits")
     if weight_bits == "same":  # weights need a sign and at least one magnitude bit
         weight_bits = None if bits is None else max(bits, 2)
-    quantize_model(net, bits, weight_bits=weight_bits if bits is not None else None,
-                   weight_quant=quant.get("weight_quant", "apot"), first_last_bits=quant.get("first_last_bits", 8),
-                   alpha_init=quant.get("alpha_init", 8.0), fused=quant.get("fused", False))
+    quantize_model(
+        net,
+        bits,
+        weight_bits=weight_bits if bits is not None else None,
+        weight_quant=quant.get("weight_quant", "apot"),
+        first_last_bits=quant.get("first_last_bits", 8),
+        alpha_init=quant.get("alpha_init", 8.0),
+        fused=quant.get("fused", False),
+    )
 
 
 def _plain_config(cfg: DictConfig) -> dict:
@@ -89,17 +98,23 @@ def _test(trainer: L.Trainer, module: SNNTaskModule, datamodule, label: str) -> 
 
 def _names(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
+
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
-    return {"task": cfg.task.name, "model": choices.get("model", cfg.model.get("name")),
-            "data": choices.get("data", cfg.data.get("_target_", "").rsplit(".", 1)[-1])}
+    return {
+        "task": cfg.task.name,
+        "model": choices.get("model", cfg.model.get("name")),
+        "data": choices.get("data", cfg.data.get("_target_", "").rsplit(".", 1)[-1]),
+    }
 
 
 def run(cfg: DictConfig) -> dict:
     """Run the configured stages; returns the results (also written to results.json)."""
     settings: RunSettings = resolve(cfg.bits, cfg.timesteps, cfg.stages, checkpoint_bits(cfg.get("ckpt_path")))
     if "train" not in settings.stages and not cfg.get("ckpt_path"):
-        raise SettingsError("without the train stage there is nothing to convert: give ckpt_path=<checkpoint "
-                            "of a train stage> (e.g. logs/.../checkpoints/last.ckpt)")
+        raise SettingsError(
+            "without the train stage there is nothing to convert: give ckpt_path=<checkpoint "
+            "of a train stage> (e.g. logs/.../checkpoints/last.ckpt)"
+        )
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
@@ -124,8 +139,16 @@ def run(cfg: DictConfig) -> dict:
     for logger in loggers:
         logger.log_hyperparams(_plain_config(cfg))
 
-    results = {**names, "bits": settings.bits, "timesteps": settings.timesteps, "signed": bool(cfg.signed),
-               "stages": list(settings.stages), "metric": module.metric, "output_dir": str(out_dir), "time_s": {}}
+    results = {
+        **names,
+        "bits": settings.bits,
+        "timesteps": settings.timesteps,
+        "signed": bool(cfg.signed),
+        "stages": list(settings.stages),
+        "metric": module.metric,
+        "output_dir": str(out_dir),
+        "time_s": {},
+    }
     timer = time.perf_counter
     try:
         if "train" in settings.stages:
@@ -165,8 +188,15 @@ def run(cfg: DictConfig) -> dict:
             if trainer.is_global_zero:
                 snn_path = out_dir / "checkpoints" / "snn_finetuned.pt"
                 snn_path.parent.mkdir(parents=True, exist_ok=True)
-                torch.save({"snn": module.snn.state_dict(), "timesteps": module.snn.timesteps,
-                            "signed": module.snn.signed, **module.run_meta}, snn_path)
+                torch.save(
+                    {
+                        "snn": module.snn.state_dict(),
+                        "timesteps": module.snn.timesteps,
+                        "signed": module.snn.signed,
+                        **module.run_meta,
+                    },
+                    snn_path,
+                )
                 results["snn_checkpoint"] = str(snn_path)
             results["time_s"]["finetune"] = timer() - start
             start = timer()
@@ -197,9 +227,12 @@ def optimized_value(results: dict, name: str | None) -> float | None:
     """The number a sweeper optimises: ``results[name]``, or a logged metric of that name."""
     if not name:
         return None
-    for source in (results, results.get("ann_metrics", {}), results.get("snn_metrics", {}),
-                   results.get("snn_finetuned_metrics", {})):
+    for source in (
+        results,
+        results.get("ann_metrics", {}),
+        results.get("snn_metrics", {}),
+        results.get("snn_finetuned_metrics", {}),
+    ):
         if source.get(name) is not None:
             return float(source[name])
     raise SettingsError(f"optimized_metric={name!r} is neither a results.json key nor a logged test metric")
-

@@ -1,4 +1,5 @@
 """The end of a run: the console table and ``results.json``."""
+
 from __future__ import annotations
 
 import json
@@ -20,17 +21,24 @@ def _fmt(value, digits: int = 4) -> str:
 
 def print_results(results: dict) -> None:
     metric = results["metric"]
-    table = Table(title=f"{results['task']} / {results['model']} / {results['data']}: "
-                        f"{results['bits']}-bit ANN -> {'signed' if results['signed'] else 'unsigned'} IF SNN, "
-                        f"T={results['timesteps']}")
+    table = Table(
+        title=f"{results['task']} / {results['model']} / {results['data']}: "
+        f"{results['bits']}-bit ANN -> {'signed' if results['signed'] else 'unsigned'} IF SNN, "
+        f"T={results['timesteps']}"
+    )
     for col in ("model", f"test {metric}", "spike rate", "SOPs / image", "energy vs ANN (estimate)"):
         table.add_column(col, justify="right" if col != "model" else "left")
     table.add_row("quantized ANN", _fmt(results.get("ann")), "-", "-", "1")
     for key, name in (("snn", "SNN"), ("snn_finetuned", "SNN fine-tuned")):
         if key in results:
             m = results.get(f"{key}_metrics", {})
-            table.add_row(name, _fmt(results.get(key)), _fmt(m.get(f"{key}/spike_rate")),
-                          _fmt(m.get(f"{key}/sops"), 3), _fmt(m.get(f"{key}/energy_ratio"), 3))
+            table.add_row(
+                name,
+                _fmt(results.get(key)),
+                _fmt(m.get(f"{key}/spike_rate")),
+                _fmt(m.get(f"{key}/sops"), 3),
+                _fmt(m.get(f"{key}/energy_ratio"), 3),
+            )
     console = Console()
     console.print(table)
     if results.get("snn_per_step"):

@@ -8,6 +8,7 @@
   it has no natural T, so converting it needs ``timesteps``.
 * neither: the bit width of the checkpoint when one is given, else ``DEFAULT_BITS``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,8 +37,10 @@ def resolve(bits: int | None, timesteps: int | None, stages, checkpoint_bits: in
     if list(stages) != sorted(stages, key=STAGES.index):
         raise SettingsError(f"stages run in the order {list(STAGES)}; got {list(stages)}")
     if "finetune" in stages and "convert" not in stages:
-        raise SettingsError("the finetune stage fine-tunes a converted SNN: use stages=[convert,finetune] "
-                            "(with ckpt_path=... for a trained checkpoint)")
+        raise SettingsError(
+            "the finetune stage fine-tunes a converted SNN: use stages=[convert,finetune] "
+            "(with ckpt_path=... for a trained checkpoint)"
+        )
     if timesteps is not None and timesteps < 1:
         raise SettingsError(f"timesteps must be >= 1, got {timesteps}")
     if bits is not None and not (1 <= bits <= 16 or bits == FULL_PRECISION):
@@ -45,8 +48,10 @@ def resolve(bits: int | None, timesteps: int | None, stages, checkpoint_bits: in
     if bits is None and checkpoint_bits is not None and "train" not in stages:
         bits = checkpoint_bits
     if bits is not None and checkpoint_bits is not None and "train" not in stages and bits != checkpoint_bits:
-        raise SettingsError(f"the checkpoint holds a {_describe(checkpoint_bits)} model but bits={bits}; "
-                            "drop bits= (it is read from the checkpoint) or pass the matching checkpoint")
+        raise SettingsError(
+            f"the checkpoint holds a {_describe(checkpoint_bits)} model but bits={bits}; "
+            "drop bits= (it is read from the checkpoint) or pass the matching checkpoint"
+        )
     if bits is None:
         if timesteps is None:
             bits = DEFAULT_BITS
@@ -56,12 +61,15 @@ def resolve(bits: int | None, timesteps: int | None, stages, checkpoint_bits: in
                 raise SettingsError(
                     f"timesteps={timesteps} is not 2**b - 1 (1, 3, 7, 15, 31, ...), so it selects no bit width; "
                     f"give bits too, e.g. bits={bits} timesteps={timesteps}, to evaluate a {bits}-bit model's SNN "
-                    f"at T={timesteps} (allowed when converting an existing checkpoint, stages=[convert,...])")
+                    f"at T={timesteps} (allowed when converting an existing checkpoint, stages=[convert,...])"
+                )
     converts = "convert" in stages
     if bits == FULL_PRECISION:
         if converts and timesteps is None:
-            raise SettingsError("a full-precision model (bits=32) has no natural number of time steps: "
-                                "give timesteps=..., or run stages=[train] and quantize it next with init_from=...")
+            raise SettingsError(
+                "a full-precision model (bits=32) has no natural number of time steps: "
+                "give timesteps=..., or run stages=[train] and quantize it next with init_from=..."
+            )
         return RunSettings(None, timesteps if converts else None, stages)
     natural = 2**bits - 1
     if timesteps is None:
@@ -70,7 +78,8 @@ def resolve(bits: int | None, timesteps: int | None, stages, checkpoint_bits: in
         raise SettingsError(
             f"bits={bits} gives T={natural} time steps but timesteps={timesteps}. Train at bits={bits} with "
             f"timesteps={natural} (or leave one of them out); to evaluate the trained model's SNN at "
-            f"T={timesteps}, run stages=[convert,finetune] ckpt_path=<its checkpoint> timesteps={timesteps}")
+            f"T={timesteps}, run stages=[convert,finetune] ckpt_path=<its checkpoint> timesteps={timesteps}"
+        )
     return RunSettings(bits, timesteps, stages)
 
 

@@ -1,4 +1,5 @@
 """Small helpers shared by several test modules (import as ``from tests.helpers import ...``)."""
+
 from pathlib import Path
 
 import torch
@@ -29,8 +30,11 @@ def compose_config(out_dir: Path, *overrides: str):
     its outputs under ``out_dir`` and its data under ``out_dir/../data``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[f"paths.output_dir={out_dir}", f"paths.data_dir={out_dir.parent / 'data'}",
-                                           *overrides], return_hydra_config=True)
+        cfg = compose(
+            "config",
+            overrides=[f"paths.output_dir={out_dir}", f"paths.data_dir={out_dir.parent / 'data'}", *overrides],
+            return_hydra_config=True,
+        )
     HydraConfig.instance().set_config(cfg)  # group choices and ${hydra:...} resolve as in a real run
     return cfg
 

@@ -7,9 +7,8 @@ fx-traceable forwards. Importing this package registers every backbone:
 >>> net = create_backbone("resnet20", num_classes=10)
 """
 
-from .registry import create_backbone, list_backbones, register_backbone
-
 # Imported for their @register_backbone side effects.
 from . import alexnet, darknet, resnet, vgg  # noqa: F401
+from .registry import create_backbone, list_backbones, register_backbone
 
 __all__ = ["create_backbone", "list_backbones", "register_backbone"]

@@ -34,9 +34,7 @@ class AlexNet(nn.Module):
         super().__init__()
         self.features, channels = conv_stack(_CFG, in_channels, width)
         self.pool = nn.AdaptiveAvgPool2d(4)
-        self.classifier = mlp_classifier(
-            channels * 16, [scale_channels(hidden, width)], num_classes, dropout
-        )
+        self.classifier = mlp_classifier(channels * 16, [scale_channels(hidden, width)], num_classes, dropout)
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -45,8 +43,6 @@ class AlexNet(nn.Module):
 
 
 @register_backbone("alexnet")
-def alexnet(
-    num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0
-) -> AlexNet:
+def alexnet(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0) -> AlexNet:
     """CIFAR AlexNet (Fast-SNN variant)."""
     return AlexNet(num_classes, in_channels, width, dropout=dropout)

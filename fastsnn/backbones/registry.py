@@ -9,7 +9,8 @@ builds its layers through them instead of re-implementing them.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar, Union
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch.nn as nn
 
@@ -48,9 +49,7 @@ def create_backbone(name: str, **kwargs) -> nn.Module:
     try:
         factory = _REGISTRY[name]
     except KeyError:
-        raise ValueError(
-            f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())}"
-        ) from None
+        raise ValueError(f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())}") from None
     return factory(**kwargs)
 
 
@@ -91,12 +90,10 @@ def conv_bn_relu(
 # A conv_stack entry: "A" is a 2x2 average pool, an int a conv3x3 with that many
 # (width-scaled) channels, a tuple (channels, stride[, dilation]) a strided or
 # dilated conv3x3.
-LayerSpec = Union[str, int, tuple]
+LayerSpec = str | int | tuple
 
 
-def conv_stack(
-    specs: Sequence[LayerSpec], in_channels: int, width: float
-) -> tuple[nn.Sequential, int]:
+def conv_stack(specs: Sequence[LayerSpec], in_channels: int, width: float) -> tuple[nn.Sequential, int]:
     """Plain conv3x3 + BN + ReLU trunk from ``specs``; returns it and its output channels."""
     layers: list[nn.Module] = []
     channels = in_channels
@@ -113,9 +110,7 @@ def conv_stack(
     return nn.Sequential(*layers), channels
 
 
-def mlp_classifier(
-    in_features: int, hidden: Sequence[int], num_classes: int, dropout: float
-) -> nn.Sequential:
+def mlp_classifier(in_features: int, hidden: Sequence[int], num_classes: int, dropout: float) -> nn.Sequential:
     """[Linear + ReLU + Dropout] per hidden size, then the output Linear.
 
     Dropout is kept even when ``dropout == 0`` so that layer indices (and thus

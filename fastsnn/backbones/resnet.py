@@ -15,7 +15,7 @@ detection and segmentation heads, with optional dilation for output stride 16/8.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -43,12 +43,12 @@ class BasicBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation,
-                               dilation=dilation, bias=False)
+        self.conv1 = nn.Conv2d(
+            in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation, bias=False
+        )
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=dilation,
-                               dilation=dilation, bias=False)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=dilation, dilation=dilation, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         if stride != 1 or in_channels != out_channels:
             self.shortcut: nn.Module = nn.Sequential(
@@ -97,11 +97,11 @@ class ResNet(nn.Module):
         self,
         blocks: Sequence[int],
         channels: Sequence[int],
-        num_classes: Optional[int] = 10,
+        num_classes: int | None = 10,
         in_channels: int = 3,
         width: float = 1.0,
         stem: str = "cifar",
-        output_stride: Optional[int] = None,
+        output_stride: int | None = None,
     ) -> None:
         super().__init__()
         if stem not in _STEM_STRIDE:
@@ -112,8 +112,9 @@ class ResNet(nn.Module):
         allowed = [natural // 2**k for k in range(min(3, len(blocks)))]
         output_stride = natural if output_stride is None else output_stride
         if output_stride not in allowed:
-            raise ValueError(f"output_stride {output_stride} not supported with stem {stem!r}; "
-                             f"expected one of {allowed}")
+            raise ValueError(
+                f"output_stride {output_stride} not supported with stem {stem!r}; expected one of {allowed}"
+            )
         # Which stages (from the end) trade their stride for dilation.
         n_dilated = (natural // output_stride).bit_length() - 1
         dilate = [False] * (len(blocks) - n_dilated) + [True] * n_dilated
@@ -135,8 +136,9 @@ class ResNet(nn.Module):
         init_weights(self)
 
     @staticmethod
-    def _make_stage(in_channels: int, out_channels: int, n: int, stride: int,
-                    dilation: int, dilate: bool) -> tuple[nn.Sequential, int]:
+    def _make_stage(
+        in_channels: int, out_channels: int, n: int, stride: int, dilation: int, dilate: bool
+    ) -> tuple[nn.Sequential, int]:
         """One stage of ``n`` blocks; returns it and the dilation after it."""
         # Like torchvision: the first block keeps the previous dilation, the
         # rest use the new one that stands in for the removed stride.
@@ -160,15 +162,13 @@ _IMAGENET_CHANNELS = (64, 128, 256, 512)
 
 
 @register_backbone("resnet18")
-def resnet18(num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
-             stem: str = "cifar") -> ResNet:
+def resnet18(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, stem: str = "cifar") -> ResNet:
     """ResNet-18 (2-2-2-2 BasicBlocks); CIFAR stem by default."""
     return ResNet((2, 2, 2, 2), _IMAGENET_CHANNELS, num_classes, in_channels, width, stem)
 
 
 @register_backbone("resnet34")
-def resnet34(num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
-             stem: str = "cifar") -> ResNet:
+def resnet34(num_classes: int = 10, in_channels: int = 3, width: float = 1.0, stem: str = "cifar") -> ResNet:
     """ResNet-34 (3-4-6-3 BasicBlocks); CIFAR stem by default."""
     return ResNet((3, 4, 6, 3), _IMAGENET_CHANNELS, num_classes, in_channels, width, stem)
 
@@ -180,7 +180,8 @@ def resnet20(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) ->
 
 
 @register_backbone("resnet34_features")
-def resnet34_features(in_channels: int = 3, width: float = 1.0, output_stride: int = 32,
-                      stem: str = "imagenet") -> ResNet:
+def resnet34_features(
+    in_channels: int = 3, width: float = 1.0, output_stride: int = 32, stem: str = "imagenet"
+) -> ResNet:
     """ResNet-34 trunk for detection/segmentation; output stride 32, 16 or 8."""
     return ResNet((3, 4, 6, 3), _IMAGENET_CHANNELS, None, in_channels, width, stem, output_stride)

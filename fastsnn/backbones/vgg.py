@@ -14,7 +14,7 @@ every conv is conv3x3 + BN + ReLU.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -33,10 +33,8 @@ __all__ = ["VGG", "VGGFeatures", "vgg11", "vgg16", "vgg9_dilated"]
 # See registry.conv_stack: int = conv3x3, "A" = AvgPool2d(2), (c, stride, dilation).
 _CFGS: dict[str, list[LayerSpec]] = {
     "vgg11": [64, "A", 128, "A", 256, 256, "A", 512, 512, "A", 512, 512, "A"],
-    "vgg16": [64, 64, "A", 128, 128, "A", 256, 256, 256, "A",
-              512, 512, 512, "A", 512, 512, 512, "A"],
-    "vgg9_dilated": [64, 64, "A", 128, 128, "A", 256, 256, "A",
-                     (512, 1, 2), (512, 1, 2), (512, 1, 2)],
+    "vgg16": [64, 64, "A", 128, 128, "A", 256, 256, 256, "A", 512, 512, 512, "A", 512, 512, 512, "A"],
+    "vgg9_dilated": [64, 64, "A", 128, 128, "A", 256, 256, "A", (512, 1, 2), (512, 1, 2), (512, 1, 2)],
 }
 
 
@@ -92,8 +90,7 @@ def vgg16(
 ) -> VGG:
     """ImageNet VGG-16 (config D, BN, average pools) for 224x224 input."""
     h = scale_channels(hidden, width)
-    return VGG(_CFGS["vgg16"], num_classes, in_channels, width,
-               pool_size=7, hidden=(h, h), dropout=dropout)
+    return VGG(_CFGS["vgg16"], num_classes, in_channels, width, pool_size=7, hidden=(h, h), dropout=dropout)
 
 
 @register_backbone("vgg9_dilated")

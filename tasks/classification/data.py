@@ -121,12 +121,8 @@ class DigitsDataModule(SplitDataModule):
         # Absolute counts so that both fractions refer to the whole data set.
         n_test = round(self.test_fraction * n)
         n_val = round(self.val_fraction * n)
-        trainval, test = train_test_split(
-            idx, test_size=n_test, stratify=y, random_state=self.split_seed
-        )
-        train, val = train_test_split(
-            trainval, test_size=n_val, stratify=y[trainval], random_state=self.split_seed
-        )
+        trainval, test = train_test_split(idx, test_size=n_test, stratify=y, random_state=self.split_seed)
+        train, val = train_test_split(trainval, test_size=n_val, stratify=y[trainval], random_state=self.split_seed)
         self.split_indices = {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
         # Upsample once up front: cheaper than per-batch resizing and keeps the data deterministic.
@@ -236,11 +232,7 @@ class _CheckedCIFARMixin:
             data = entry.get("data")
             labels = entry.get(spec["label_key"])
             if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-                desc = (
-                    f"array {data.dtype} {list(data.shape)}"
-                    if isinstance(data, np.ndarray)
-                    else type(data).__name__
-                )
+                desc = f"array {data.dtype} {list(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__
                 self._fail(path, f"'data' must be a uint8 array of shape [N, 3072], got {desc}")
             if labels is None:
                 self._fail(path, f"missing key '{spec['label_key']}'")

@@ -1,4 +1,5 @@
 """Image classification: cross-entropy, top-1 / top-5 accuracy (torchmetrics)."""
+
 from __future__ import annotations
 
 from torch.nn import functional as F
@@ -11,8 +12,15 @@ from tasks.base import SNNTaskModule
 class ClassificationModule(SNNTaskModule):
     metric = "acc"
 
-    def __init__(self, net, num_classes: int, optimizer=None, scheduler=None, label_smoothing: float = 0.0,
-                 per_step_metrics: bool = True):
+    def __init__(
+        self,
+        net,
+        num_classes: int,
+        optimizer=None,
+        scheduler=None,
+        label_smoothing: float = 0.0,
+        per_step_metrics: bool = True,
+    ):
         self.num_classes = num_classes
         super().__init__(net, optimizer, scheduler, per_step_metrics)
         self.label_smoothing = label_smoothing

@@ -111,8 +111,9 @@ class SplitDataModule(L.LightningDataModule):
     """
 
     def _loader(self, dataset, shuffle: bool):
-        return make_loader(dataset, self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                           pin_memory=self.pin_memory)
+        return make_loader(
+            dataset, self.batch_size, shuffle=shuffle, num_workers=self.num_workers, pin_memory=self.pin_memory
+        )
 
     def train_dataloader(self):
         return self._loader(self.train_dataset, shuffle=True)

@@ -20,9 +20,9 @@ import secrets
 import shutil
 import xml.etree.ElementTree as ET
 import zlib
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 from PIL import Image
@@ -259,11 +259,7 @@ def generate_scene(rng: np.random.Generator, image_size: int = 128, max_objects:
         vis = hard & ~covered
         n_vis = int(vis.sum())
         # The eroded test guarantees pixels outside the 255 band, i.e. a label in the PNG.
-        if (
-            full_area > 0
-            and n_vis >= _MIN_VISIBLE * full_area
-            and int(_erode(vis).sum()) >= 0.25 * full_area
-        ):
+        if full_area > 0 and n_vis >= _MIN_VISIBLE * full_area and int(_erode(vis).sum()) >= 0.25 * full_area:
             covered |= hard
             kept.append((cls, cov, vis, hard.sum() < full_area))
     kept.reverse()
@@ -355,9 +351,7 @@ def _write_scene(voc: Path, image_id: str, image, objects, class_mask, palette) 
     Image.fromarray(image).save(
         voc / "JPEGImages" / f"{image_id}.jpg", format="JPEG", quality=JPEG_QUALITY, subsampling=0
     )
-    (voc / "Annotations" / f"{image_id}.xml").write_bytes(
-        _annotation_xml(image_id, image.shape[1], objects)
-    )
+    (voc / "Annotations" / f"{image_id}.xml").write_bytes(_annotation_xml(image_id, image.shape[1], objects))
     seg = Image.fromarray(class_mask)  # "L" -> "P" through putpalette, values kept as-is
     seg.putpalette(palette)
     seg.save(voc / "SegmentationClass" / f"{image_id}.png", format="PNG")
@@ -380,8 +374,7 @@ def _generate(dest: Path, params: dict, progress: bool) -> None:
     from tqdm.auto import tqdm
 
     voc = dest / VOC_SUBDIR
-    for sub in ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Main",
-                "ImageSets/Segmentation"):
+    for sub in ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Main", "ImageSets/Segmentation"):
         (voc / sub).mkdir(parents=True, exist_ok=True)
     palette = voc_palette()
     size, max_objects, seed = params["image_size"], params["max_objects"], params["seed"]
@@ -412,9 +405,7 @@ def _generate(dest: Path, params: dict, progress: bool) -> None:
 def _check_manifest(root: Path, params: dict) -> None:
     stored = json.loads((root / MANIFEST_NAME).read_text())
     diffs = [
-        f"{key}: stored {stored.get(key)!r}, requested {val!r}"
-        for key, val in params.items()
-        if stored.get(key) != val
+        f"{key}: stored {stored.get(key)!r}, requested {val!r}" for key, val in params.items() if stored.get(key) != val
     ]
     if diffs:
         raise ValueError(

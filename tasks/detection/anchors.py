@@ -7,6 +7,7 @@ image side, ready for ``data.anchors`` / ``model.net.anchors``::
     python -m tasks.detection.anchors                       # the default shapes_det data
     python -m tasks.detection.anchors data=voc data.root=/data/voc k=5
 """
+
 from __future__ import annotations
 
 import sys
@@ -72,8 +73,7 @@ def main(argv: list[str]) -> None:
         datamodule.prepare_data()
     wh = datamodule.train_box_sizes()
     anchors = kmeans_anchors(wh, k)
-    print(f"# {len(wh)} training boxes, k={k}, mean IoU with the best anchor "
-          f"{mean_best_iou(wh, anchors):.3f}")
+    print(f"# {len(wh)} training boxes, k={k}, mean IoU with the best anchor {mean_best_iou(wh, anchors):.3f}")
     print("anchors: [" + ", ".join(f"[{w:.4f}, {h:.4f}]" for w, h in anchors) + "]")
 
 

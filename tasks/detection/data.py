@@ -22,15 +22,16 @@ resize + crop/pad, ``RandomAffine`` without rotation), then ``SanitizeBoundingBo
 that became degenerate. ``multiscale`` resizes whole training batches to a random size from a
 list (YOLOv2's multi-scale training).
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import random
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import lightning as L
 import numpy as np
@@ -45,17 +46,45 @@ from tasks.common.data import DataError, data_error, make_loader
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VOC_CLASSES", "VOCDetectionDataModule", "ShapesDetectionDataModule", "COCODetectionDataModule",
-           "VOCDetectionReader", "COCODetectionReader", "collate"]
+__all__ = [
+    "VOC_CLASSES",
+    "VOCDetectionDataModule",
+    "ShapesDetectionDataModule",
+    "COCODetectionDataModule",
+    "VOCDetectionReader",
+    "COCODetectionReader",
+    "collate",
+]
 
 VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-    "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-VOC_SOURCE = "http://host.robots.ox.ac.uk/pascal/VOC/ (VOCtrainval_06-Nov-2007.tar, VOCtest_06-Nov-2007.tar, " \
-             "VOCtrainval_11-May-2012.tar)"
+VOC_SOURCE = (
+    "http://host.robots.ox.ac.uk/pascal/VOC/ (VOCtrainval_06-Nov-2007.tar, VOCtest_06-Nov-2007.tar, "
+    "VOCtrainval_11-May-2012.tar)"
+)
 VOC_LAYOUT = """\
 VOCdevkit/
     VOC2007/
@@ -105,8 +134,7 @@ class _Dropped:
 
     def warn(self, what: str) -> None:
         if self.count:
-            log.warning("%s: dropped %d zero-area box(es) (e.g. in %s)", what, self.count,
-                        ", ".join(self.files))
+            log.warning("%s: dropped %d zero-area box(es) (e.g. in %s)", what, self.count, ", ".join(self.files))
 
 
 def _clip_and_filter(boxes: np.ndarray, size: tuple[int, int] | None):
@@ -139,8 +167,9 @@ class _RecordDataset(Dataset):
         h, w = img.height, img.width
         boxes, keep = _clip_and_filter(r.boxes, (h, w))  # also clip to the real size
         target = {
-            "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes[keep]).reshape(-1, 4), format="XYXY",
-                                              canvas_size=(h, w)),
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.from_numpy(boxes[keep]).reshape(-1, 4), format="XYXY", canvas_size=(h, w)
+            ),
             "labels": torch.from_numpy(r.labels[keep]),
             "iscrowd": torch.from_numpy(r.iscrowd[keep]),
             "image_id": r.image_id,
@@ -169,8 +198,9 @@ class _RecordDataset(Dataset):
 # --------------------------------------------------------------------------------------------------
 
 
-def parse_voc_xml(path: str | os.PathLike, class_index: dict[str, int], dropped: _Dropped | None = None,
-                  use_difficult: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int] | None]:
+def parse_voc_xml(
+    path: str | os.PathLike, class_index: dict[str, int], dropped: _Dropped | None = None, use_difficult: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int] | None]:
     """Boxes (xyxy, continuous pixels), labels, iscrowd flags and ``(h, w)`` of one VOC XML file.
 
     VOC stores 1-based inclusive pixel indices: ``<xmin>`` 1 is the first column, so the box is
@@ -204,8 +234,9 @@ def parse_voc_xml(path: str | os.PathLike, class_index: dict[str, int], dropped:
     for i, obj in enumerate(root.iter("object")):
         name = (obj.findtext("name") or "").strip()
         if name not in class_index:
-            raise DataError(f"{path}: object {i} names an unknown class {name!r}; known classes: "
-                            f"{', '.join(class_index)}")
+            raise DataError(
+                f"{path}: object {i} names an unknown class {name!r}; known classes: {', '.join(class_index)}"
+            )
         bb = obj.find("bndbox")
         if bb is None:
             raise DataError(f"{path}: object {i} ({name}) has no <bndbox>")
@@ -229,9 +260,19 @@ class VOCDetectionReader(_RecordDataset):
     up front, and keeps ``difficult`` objects as ignore regions (see :func:`parse_voc_xml`).
     """
 
-    def __init__(self, root: str | os.PathLike, year: str, image_set: str, classes: Sequence[str],
-                 use_difficult: bool = False, transforms=None, name: str = "PASCAL VOC",
-                 layout: str = VOC_LAYOUT, source: str = VOC_SOURCE, max_images: int | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        year: str,
+        image_set: str,
+        classes: Sequence[str],
+        use_difficult: bool = False,
+        transforms=None,
+        name: str = "PASCAL VOC",
+        layout: str = VOC_LAYOUT,
+        source: str = VOC_SOURCE,
+        max_images: int | None = None,
+    ):
         root = Path(root).expanduser()
         voc = root / "VOCdevkit" / f"VOC{year}"
         split_file = voc / "ImageSets" / "Main" / f"{image_set}.txt"
@@ -258,8 +299,7 @@ class VOCDetectionReader(_RecordDataset):
                 raise error(f"image {jpg} (listed in {split_file}) not found")
             boxes, labels, crowd, size = parse_voc_xml(xml, class_index, dropped, use_difficult)
             numeric = image_id.replace("_", "")
-            records.append(_Record(str(jpg), boxes, labels, crowd, size,
-                                   int(numeric) if numeric.isdigit() else n))
+            records.append(_Record(str(jpg), boxes, labels, crowd, size, int(numeric) if numeric.isdigit() else n))
         dropped.warn(f"{name} VOC{year}/{image_set}")
         super().__init__(records, transforms)
 
@@ -277,8 +317,14 @@ class COCODetectionReader(_RecordDataset):
     image; zero-area boxes are dropped. Images without annotations are kept (negatives).
     """
 
-    def __init__(self, root: str | os.PathLike, split: str = "val2017", transforms=None,
-                 cat_ids: Sequence[int] | None = None, max_images: int | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "val2017",
+        transforms=None,
+        cat_ids: Sequence[int] | None = None,
+        max_images: int | None = None,
+    ):
         from torchvision.datasets import CocoDetection
 
         root = Path(root).expanduser()
@@ -316,8 +362,10 @@ class COCODetectionReader(_RecordDataset):
             for ann in anns:
                 cat = ann.get("category_id")
                 if cat not in index:
-                    raise DataError(f"{ann_file}: annotation {ann.get('id')} of image {image_id} names an unknown "
-                                    f"category id {cat!r}")
+                    raise DataError(
+                        f"{ann_file}: annotation {ann.get('id')} of image {image_id} names an unknown "
+                        f"category id {cat!r}"
+                    )
                 bbox = ann.get("bbox")
                 if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4):
                     raise DataError(f"{ann_file}: annotation {ann.get('id')} has no [x, y, w, h] bbox: {bbox!r}")
@@ -328,8 +376,16 @@ class COCODetectionReader(_RecordDataset):
             b = np.asarray(boxes, np.float32).reshape(-1, 4)
             b, keep = _clip_and_filter(b, size)
             dropped.add(f"image {image_id}", int((~keep).sum()))
-            records.append(_Record(str(image_dir / info["file_name"]), b[keep], np.asarray(labels, np.int64)[keep],
-                                   np.asarray(crowd, np.int64)[keep], size, int(image_id)))
+            records.append(
+                _Record(
+                    str(image_dir / info["file_name"]),
+                    b[keep],
+                    np.asarray(labels, np.int64)[keep],
+                    np.asarray(crowd, np.int64)[keep],
+                    size,
+                    int(image_id),
+                )
+            )
         dropped.warn(f"COCO {split} ({ann_file})")
         super().__init__(records, transforms)
 
@@ -401,11 +457,22 @@ class _DetectionDataModule(L.LightningDataModule):
 
     classes: tuple[str, ...] = ()
 
-    def __init__(self, image_size: int = 416, batch_size: int = 32, num_workers: int = 4, augment: bool = True,
-                 jitter: float = 0.3, flip: float = 0.5, scale: Sequence[float] = (0.75, 1.25),
-                 translate: float = 0.15, multiscale: Sequence[int] | None = None,
-                 anchors: Sequence | None = None, max_images: int | None = None, pin_memory: bool = False,
-                 val_batch_size: int | None = None):
+    def __init__(
+        self,
+        image_size: int = 416,
+        batch_size: int = 32,
+        num_workers: int = 4,
+        augment: bool = True,
+        jitter: float = 0.3,
+        flip: float = 0.5,
+        scale: Sequence[float] = (0.75, 1.25),
+        translate: float = 0.15,
+        multiscale: Sequence[int] | None = None,
+        anchors: Sequence | None = None,
+        max_images: int | None = None,
+        pin_memory: bool = False,
+        val_batch_size: int | None = None,
+    ):
         super().__init__()
         self.image_size = int(image_size)
         self.batch_size = batch_size
@@ -434,8 +501,12 @@ class _DetectionDataModule(L.LightningDataModule):
                 v2.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.5, j / 6)),
                 v2.RandomHorizontalFlip(self.flip),
                 # random zoom in / out and shift: a random resize + crop (or pad) of the image
-                v2.RandomAffine(degrees=0.0, translate=(self.translate, self.translate), scale=self.scale,
-                                fill=tuple(int(255 * m) for m in IMAGENET_MEAN)),
+                v2.RandomAffine(
+                    degrees=0.0,
+                    translate=(self.translate, self.translate),
+                    scale=self.scale,
+                    fill=tuple(int(255 * m) for m in IMAGENET_MEAN),
+                ),
             ]
         ops += [v2.ClampBoundingBoxes()]
         if train:
@@ -453,8 +524,14 @@ class _DetectionDataModule(L.LightningDataModule):
 
     def _loader(self, dataset, train: bool) -> DataLoader:
         collate_fn = MultiScaleCollate(self.multiscale) if train and self.multiscale else collate
-        return make_loader(dataset, self.batch_size if train else self.val_batch_size, shuffle=train,
-                           num_workers=self.num_workers, pin_memory=self.pin_memory, collate_fn=collate_fn)
+        return make_loader(
+            dataset,
+            self.batch_size if train else self.val_batch_size,
+            shuffle=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            collate_fn=collate_fn,
+        )
 
     def train_dataloader(self):
         return self._loader(self.train_dataset, train=True)
@@ -501,9 +578,15 @@ class VOCDetectionDataModule(_DetectionDataModule):
     layout = VOC_LAYOUT
     source = VOC_SOURCE
 
-    def __init__(self, root: str | os.PathLike, train_sets: Sequence = ("2007/trainval", "2012/trainval"),
-                 val_sets: Sequence = ("2007/test",), test_sets: Sequence = ("2007/test",),
-                 use_difficult: bool = False, **kwargs):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        train_sets: Sequence = ("2007/trainval", "2012/trainval"),
+        val_sets: Sequence = ("2007/test",),
+        test_sets: Sequence = ("2007/test",),
+        use_difficult: bool = False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.root = Path(root).expanduser()
         self.sets = {"train": _voc_sets(train_sets), "val": _voc_sets(val_sets), "test": _voc_sets(test_sets)}
@@ -511,15 +594,30 @@ class VOCDetectionDataModule(_DetectionDataModule):
 
     def prepare_data(self) -> None:
         if not self.root.is_dir():
-            raise data_error(self.name, f"the data root {self.root} does not exist", root=self.root,
-                             layout=self.layout, source=self.source)
+            raise data_error(
+                self.name,
+                f"the data root {self.root} does not exist",
+                root=self.root,
+                layout=self.layout,
+                source=self.source,
+            )
 
     def _dataset(self, split: str, transforms) -> Dataset:
-        readers = [VOCDetectionReader(self.root, year, image_set, self.classes,
-                                      use_difficult=self.use_difficult and split == "train",
-                                      transforms=transforms, name=self.name, layout=self.layout,
-                                      source=self.source, max_images=self.max_images)
-                   for year, image_set in self.sets[split]]
+        readers = [
+            VOCDetectionReader(
+                self.root,
+                year,
+                image_set,
+                self.classes,
+                use_difficult=self.use_difficult and split == "train",
+                transforms=transforms,
+                name=self.name,
+                layout=self.layout,
+                source=self.source,
+                max_images=self.max_images,
+            )
+            for year, image_set in self.sets[split]
+        ]
         return readers[0] if len(readers) == 1 else ConcatDataset(readers)
 
 
@@ -541,8 +639,14 @@ class ShapesDetectionDataModule(VOCDetectionDataModule):
         from tasks.common.shapes import SHAPE_CLASSES
 
         self.classes = SHAPE_CLASSES
-        super().__init__(root, train_sets=("2012/train",), val_sets=("2012/val",), test_sets=("2012/test",),
-                         image_size=image_size, **kwargs)
+        super().__init__(
+            root,
+            train_sets=("2012/train",),
+            val_sets=("2012/val",),
+            test_sets=("2012/test",),
+            image_size=image_size,
+            **kwargs,
+        )
         self.splits = dict(splits) if splits else None
         self._ready = False
 
@@ -571,8 +675,15 @@ class COCODetectionDataModule(_DetectionDataModule):
 
     classes = tuple(str(i) for i in range(80))  # placeholder names; the files hold the real ones
 
-    def __init__(self, root: str | os.PathLike, train_split: str = "train2017", val_split: str = "val2017",
-                 test_split: str = "val2017", num_classes: int = 80, **kwargs):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        train_split: str = "train2017",
+        val_split: str = "val2017",
+        test_split: str = "val2017",
+        num_classes: int = 80,
+        **kwargs,
+    ):
         self.classes = tuple(str(i) for i in range(int(num_classes)))
         super().__init__(**kwargs)
         self.root = Path(root).expanduser()
@@ -581,16 +692,24 @@ class COCODetectionDataModule(_DetectionDataModule):
 
     def prepare_data(self) -> None:
         if not self.root.is_dir():
-            raise data_error("COCO", f"the data root {self.root} does not exist", root=self.root,
-                             layout=COCO_LAYOUT, source=COCO_SOURCE)
+            raise data_error(
+                "COCO",
+                f"the data root {self.root} does not exist",
+                root=self.root,
+                layout=COCO_LAYOUT,
+                source=COCO_SOURCE,
+            )
 
     def _dataset(self, split: str, transforms) -> Dataset:
-        ds = COCODetectionReader(self.root, self.splits[split], transforms, cat_ids=self.cat_ids,
-                                 max_images=self.max_images)
+        ds = COCODetectionReader(
+            self.root, self.splits[split], transforms, cat_ids=self.cat_ids, max_images=self.max_images
+        )
         if self.cat_ids is None:
             self.cat_ids = ds.cat_ids
         if len(ds.cat_ids) != self.num_classes:
-            raise DataError(f"{self.root / 'annotations'}: the {self.splits[split]} annotations have "
-                            f"{len(ds.cat_ids)} categories but num_classes={self.num_classes}")
+            raise DataError(
+                f"{self.root / 'annotations'}: the {self.splits[split]} annotations have "
+                f"{len(ds.cat_ids)} categories but num_classes={self.num_classes}"
+            )
         self.classes = tuple(ds.coco.cats[c]["name"] if c in ds.coco.cats else str(c) for c in ds.cat_ids)
         return ds

@@ -15,6 +15,7 @@ its predicted box overlaps some ground truth (ignored ones included: VOC *diffic
 COCO crowd boxes) by more than ``ignore_thresh``: those are left alone. The sum is divided by
 the batch size.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,16 +32,24 @@ def _cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:
 
 
 class YOLOv2Loss(nn.Module):
-    def __init__(self, ignore_thresh: float = 0.6, coord_scale: float = 1.0, obj_scale: float = 5.0,
-                 noobj_scale: float = 1.0, cls_scale: float = 1.0, rescore: bool = False):
+    def __init__(
+        self,
+        ignore_thresh: float = 0.6,
+        coord_scale: float = 1.0,
+        obj_scale: float = 5.0,
+        noobj_scale: float = 1.0,
+        cls_scale: float = 1.0,
+        rescore: bool = False,
+    ):
         super().__init__()
         self.ignore_thresh = ignore_thresh
         self.coord_scale, self.obj_scale = coord_scale, obj_scale
         self.noobj_scale, self.cls_scale = noobj_scale, cls_scale
         self.rescore = rescore
 
-    def forward(self, pred: torch.Tensor, targets: list[dict], anchors: torch.Tensor,
-                image_size: tuple[int, int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, pred: torch.Tensor, targets: list[dict], anchors: torch.Tensor, image_size: tuple[int, int]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``targets``: per image ``boxes`` (xyxy pixels of the ``image_size = (h, w)`` input),
         ``labels`` and optionally ``iscrowd`` (1: ignore region, never a target)."""
         p = split_prediction(pred, len(anchors)).float()  # [B, A, H, W, 5+C]
@@ -61,8 +70,11 @@ class YOLOv2Loss(nn.Module):
                 iou = box_iou(pboxes[b].reshape(-1, 4), boxes).amax(1).view(A, H, W)
                 noobj[b] &= iou <= self.ignore_thresh
                 crowd = t.get("iscrowd")
-                keep = torch.ones(len(boxes), dtype=torch.bool, device=p.device) if crowd is None \
+                keep = (
+                    torch.ones(len(boxes), dtype=torch.bool, device=p.device)
+                    if crowd is None
                     else ~crowd.to(p.device).bool().reshape(-1)
+                )
                 gt_b.append(torch.full((int(keep.sum()),), b, device=p.device, dtype=torch.long))
                 gt_box.append(boxes[keep])
                 gt_label.append(t["labels"].to(p.device).long().reshape(-1)[keep])
@@ -71,10 +83,19 @@ class YOLOv2Loss(nn.Module):
         n_obj = sum(len(x) for x in gt_b)
         noobj_logits = p[..., 4]
         if n_obj == 0:
-            loss_noobj = self.noobj_scale * F.binary_cross_entropy_with_logits(
-                noobj_logits[noobj], torch.zeros_like(noobj_logits[noobj]), reduction="sum") / B
-            return loss_noobj, {"box": zero.detach(), "obj": zero.detach(), "noobj": loss_noobj.detach(),
-                                "cls": zero.detach()}
+            loss_noobj = (
+                self.noobj_scale
+                * F.binary_cross_entropy_with_logits(
+                    noobj_logits[noobj], torch.zeros_like(noobj_logits[noobj]), reduction="sum"
+                )
+                / B
+            )
+            return loss_noobj, {
+                "box": zero.detach(),
+                "obj": zero.detach(),
+                "noobj": loss_noobj.detach(),
+                "cls": zero.detach(),
+            }
 
         bi = torch.cat(gt_b)
         g = torch.cat(gt_box)  # xyxy, cells
@@ -99,8 +120,9 @@ class YOLOv2Loss(nn.Module):
         txy = gxy - torch.stack([gi, gj], 1).to(p)
         twh = torch.log(gwh / anchor_cells[ai])
         weight = self.coord_scale * (2.0 - gwh.prod(-1) / (W * H))
-        loss_box = (weight * ((torch.sigmoid(pr[:, :2]) - txy).pow(2).sum(1)
-                              + (pr[:, 2:4] - twh).pow(2).sum(1))).sum() / B
+        loss_box = (
+            weight * ((torch.sigmoid(pr[:, :2]) - txy).pow(2).sum(1) + (pr[:, 2:4] - twh).pow(2).sum(1))
+        ).sum() / B
         if self.rescore:
             with torch.no_grad():
                 pb = _cxcywh_to_xyxy(grid_boxes(p.detach(), anchors)[bi, ai, gj, gi])
@@ -108,11 +130,20 @@ class YOLOv2Loss(nn.Module):
         else:
             obj_target = torch.ones(len(pr), device=p.device)
         loss_obj = self.obj_scale * F.binary_cross_entropy_with_logits(pr[:, 4], obj_target, reduction="sum") / B
-        loss_noobj = self.noobj_scale * F.binary_cross_entropy_with_logits(
-            noobj_logits[noobj], torch.zeros_like(noobj_logits[noobj]), reduction="sum") / B
+        loss_noobj = (
+            self.noobj_scale
+            * F.binary_cross_entropy_with_logits(
+                noobj_logits[noobj], torch.zeros_like(noobj_logits[noobj]), reduction="sum"
+            )
+            / B
+        )
         loss_cls = zero
         if num_classes > 1:
             loss_cls = self.cls_scale * F.cross_entropy(pr[:, 5:], labels, reduction="sum") / B
         total = loss_box + loss_obj + loss_noobj + loss_cls
-        return total, {"box": loss_box.detach(), "obj": loss_obj.detach(), "noobj": loss_noobj.detach(),
-                       "cls": loss_cls.detach()}
+        return total, {
+            "box": loss_box.detach(),
+            "obj": loss_obj.detach(),
+            "noobj": loss_noobj.detach(),
+            "cls": loss_cls.detach(),
+        }

@@ -9,6 +9,7 @@ scaling; COCO's small / medium / large areas do).
 The network's output is the raw prediction map; for the SNN it is the mean over T of the analog
 prediction conv, decoded exactly as the ANN's.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,17 +47,29 @@ class DetectionModule(SNNTaskModule):
 
     metric = "map_50"
 
-    def __init__(self, net, num_classes: int, optimizer=None, scheduler=None, loss: dict | None = None,
-                 conf_thresh: float = 0.005, nms_iou: float = 0.45, max_det: int = 100,
-                 multi_label: bool = True, per_step_metrics: bool = True, metric: str = "map_50",
-                 warmup_epochs: float = 0.0):
+    def __init__(
+        self,
+        net,
+        num_classes: int,
+        optimizer=None,
+        scheduler=None,
+        loss: dict | None = None,
+        conf_thresh: float = 0.005,
+        nms_iou: float = 0.45,
+        max_det: int = 100,
+        multi_label: bool = True,
+        per_step_metrics: bool = True,
+        metric: str = "map_50",
+        warmup_epochs: float = 0.0,
+    ):
         if metric not in MAP_KEYS:
             raise ValueError(f"metric must be one of {MAP_KEYS}, got {metric!r}")
         if getattr(net, "num_classes", num_classes) != num_classes:
             raise ValueError(f"the net predicts {net.num_classes} classes but the data has {num_classes}")
         if not hasattr(net, "anchors"):
-            raise ValueError(f"{type(net).__name__} has no `anchors`: the detection task needs a YOLO net "
-                             "(tasks.detection.yolo)")
+            raise ValueError(
+                f"{type(net).__name__} has no `anchors`: the detection task needs a YOLO net (tasks.detection.yolo)"
+            )
         self.num_classes = num_classes
         self.metric = metric
         super().__init__(net, optimizer, scheduler, per_step_metrics)
@@ -79,8 +92,16 @@ class DetectionModule(SNNTaskModule):
 
     def detect(self, outputs, image_size: tuple[int, int]) -> list[dict[str, torch.Tensor]]:
         """Boxes, scores and labels per image from a raw prediction map (input pixels)."""
-        return postprocess(outputs, self.net.anchors, self.num_classes, image_size, self.conf_thresh,
-                           self.nms_iou, self.max_det, self.multi_label)
+        return postprocess(
+            outputs,
+            self.net.anchors,
+            self.num_classes,
+            image_size,
+            self.conf_thresh,
+            self.nms_iou,
+            self.max_det,
+            self.multi_label,
+        )
 
     def update_metrics(self, metrics, outputs, batch):
         images, targets = batch
@@ -94,9 +115,17 @@ class DetectionModule(SNNTaskModule):
                 boxes = boxes * s
                 pred["boxes"] = pred["boxes"] * s
             iscrowd = t.get("iscrowd")
-            gts.append({"boxes": boxes, "labels": t["labels"].long().reshape(-1),
-                        "iscrowd": (torch.zeros(len(boxes), dtype=torch.long, device=boxes.device)
-                                    if iscrowd is None else iscrowd.long().reshape(-1))})
+            gts.append(
+                {
+                    "boxes": boxes,
+                    "labels": t["labels"].long().reshape(-1),
+                    "iscrowd": (
+                        torch.zeros(len(boxes), dtype=torch.long, device=boxes.device)
+                        if iscrowd is None
+                        else iscrowd.long().reshape(-1)
+                    ),
+                }
+            )
         metrics.update(preds, gts)
 
     # ----------------------------------------------------------------- optimisation

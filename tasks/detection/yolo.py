@@ -11,9 +11,10 @@ Anchors are ``(w, h)`` fractions of the input image side (``anchors_px = anchors
 On the YOLOv2 grid (416 px, stride 32, 13 x 13 cells) that is darknet's anchors divided by 13,
 and like darknet's grid-unit anchors they scale with the input under multi-scale training.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -22,24 +23,28 @@ from torchvision.ops import batched_nms
 from fastsnn.backbones import create_backbone
 from fastsnn.backbones.registry import conv_bn_relu, scale_channels
 
-__all__ = ["VOC_ANCHORS", "COCO_ANCHORS", "TinyYOLO", "YOLOv2R34", "tiny_yolo", "yolov2_r34",
-           "decode", "postprocess"]
+__all__ = ["VOC_ANCHORS", "COCO_ANCHORS", "TinyYOLO", "YOLOv2R34", "tiny_yolo", "yolov2_r34", "decode", "postprocess"]
 
 # yolov2-voc.cfg / yolov2.cfg (COCO) anchors, in cells of the 13 x 13 grid -> fractions of the image.
-VOC_ANCHORS = tuple((w / 13, h / 13) for w, h in (
-    (1.3221, 1.73145), (3.19275, 4.00944), (5.05587, 8.09892), (9.47112, 4.84053), (11.2364, 10.0071)))
-COCO_ANCHORS = tuple((w / 13, h / 13) for w, h in (
-    (0.57273, 0.677385), (1.87446, 2.06253), (3.33843, 5.47434), (7.88282, 3.52778), (9.77052, 9.16828)))
+VOC_ANCHORS = tuple(
+    (w / 13, h / 13)
+    for w, h in ((1.3221, 1.73145), (3.19275, 4.00944), (5.05587, 8.09892), (9.47112, 4.84053), (11.2364, 10.0071))
+)
+COCO_ANCHORS = tuple(
+    (w / 13, h / 13)
+    for w, h in ((0.57273, 0.677385), (1.87446, 2.06253), (3.33843, 5.47434), (7.88282, 3.52778), (9.77052, 9.16828))
+)
 
 
 def _anchor_tensor(anchors) -> torch.Tensor:
-    a = torch.as_tensor(VOC_ANCHORS if anchors is None else [list(map(float, p)) for p in anchors],
-                        dtype=torch.float32)
+    a = torch.as_tensor(VOC_ANCHORS if anchors is None else [list(map(float, p)) for p in anchors], dtype=torch.float32)
     if a.ndim != 2 or a.shape[1] != 2 or len(a) == 0 or not bool((a > 0).all()):
         raise ValueError(f"anchors must be a non-empty list of positive (w, h) pairs, got {anchors!r}")
     if bool((a > 4).any()):
-        raise ValueError(f"anchors are fractions of the image side (e.g. 0.1-1.0), got {anchors!r}; "
-                         "divide darknet's grid-unit anchors by the grid size (13 at 416 px)")
+        raise ValueError(
+            f"anchors are fractions of the image side (e.g. 0.1-1.0), got {anchors!r}; "
+            "divide darknet's grid-unit anchors by the grid size (13 at 416 px)"
+        )
     return a
 
 
@@ -66,8 +71,15 @@ class TinyYOLO(_YOLOBase):
     runs at stride 1, like Tiny YOLO's last, stride-1 max pool): a finer grid for small inputs.
     """
 
-    def __init__(self, num_classes: int = 20, in_channels: int = 3, width: float = 1.0,
-                 head_channels: int = 1024, anchors: Sequence | None = None, output_stride: int = 32):
+    def __init__(
+        self,
+        num_classes: int = 20,
+        in_channels: int = 3,
+        width: float = 1.0,
+        head_channels: int = 1024,
+        anchors: Sequence | None = None,
+        output_stride: int = 32,
+    ):
         super().__init__()
         if output_stride not in (16, 32):
             raise ValueError(f"output_stride must be 16 or 32, got {output_stride}")
@@ -91,12 +103,18 @@ class YOLOv2R34(_YOLOBase):
     3x3 conv; then the 1x1 prediction conv. All linear per time step, so the SNN sees it too.
     """
 
-    def __init__(self, num_classes: int = 20, in_channels: int = 3, width: float = 1.0,
-                 head_channels: int = 1024, passthrough_channels: int = 64, anchors: Sequence | None = None,
-                 passthrough: bool = True):
+    def __init__(
+        self,
+        num_classes: int = 20,
+        in_channels: int = 3,
+        width: float = 1.0,
+        head_channels: int = 1024,
+        passthrough_channels: int = 64,
+        anchors: Sequence | None = None,
+        passthrough: bool = True,
+    ):
         super().__init__()
-        self.backbone = create_backbone("resnet34_features", in_channels=in_channels, width=width,
-                                        output_stride=32)
+        self.backbone = create_backbone("resnet34_features", in_channels=in_channels, width=width, output_stride=32)
         channels = scale_channels(head_channels, width)
         c4 = self.backbone.layers[2][-1].conv2.out_channels
         self.head1 = conv_bn_relu(self.backbone.out_channels, channels)
@@ -142,8 +160,9 @@ def split_prediction(pred: torch.Tensor, num_anchors: int) -> torch.Tensor:
 def grid_boxes(p: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     """Boxes ``(cx, cy, w, h)`` in grid-cell units from ``p = split_prediction(...)`` ``[B,A,H,W,5+C]``."""
     _, _, h, w, _ = p.shape
-    gy, gx = torch.meshgrid(torch.arange(h, device=p.device, dtype=p.dtype),
-                            torch.arange(w, device=p.device, dtype=p.dtype), indexing="ij")
+    gy, gx = torch.meshgrid(
+        torch.arange(h, device=p.device, dtype=p.dtype), torch.arange(w, device=p.device, dtype=p.dtype), indexing="ij"
+    )
     cells = anchors.to(p) * torch.tensor([w, h], device=p.device, dtype=p.dtype)  # [A, 2]
     cx = torch.sigmoid(p[..., 0]) + gx
     cy = torch.sigmoid(p[..., 1]) + gy
@@ -177,9 +196,17 @@ def decode(pred: torch.Tensor, anchors: torch.Tensor, num_classes: int, image_si
 
 
 @torch.no_grad()
-def postprocess(pred: torch.Tensor, anchors: torch.Tensor, num_classes: int, image_size: tuple[int, int],
-                conf_thresh: float = 0.005, nms_iou: float = 0.45, max_det: int = 100,
-                multi_label: bool = True, pre_nms_topk: int = 3000) -> list[dict[str, torch.Tensor]]:
+def postprocess(
+    pred: torch.Tensor,
+    anchors: torch.Tensor,
+    num_classes: int,
+    image_size: tuple[int, int],
+    conf_thresh: float = 0.005,
+    nms_iou: float = 0.45,
+    max_det: int = 100,
+    multi_label: bool = True,
+    pre_nms_topk: int = 3000,
+) -> list[dict[str, torch.Tensor]]:
     """Decode + confidence threshold + class-aware NMS (``torchvision.ops.batched_nms``).
 
     A box's score for class ``c`` is ``objectness * P(c)``. ``multi_label`` keeps every class

@@ -24,11 +24,13 @@ nearest interpolation): random scale, random crop (padding filled with 0 in the 
 image and 255 in the mask), horizontal flip. Evaluation uses the whole image; a batch of
 images of different sizes is padded at the bottom/right in the same way.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -63,9 +65,27 @@ IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 _MASK_MODES = ("P", "L", "I", "I;16")  # modes whose pixel values are class ids
 
@@ -92,13 +112,20 @@ class RandomScale(v2.Transform):
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         # v2 resizes tv_tensors.Mask with nearest interpolation whatever is asked here.
-        return self._call_kernel(TF.resize, inpt, size=params["size"],
-                                 interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+        return self._call_kernel(
+            TF.resize, inpt, size=params["size"], interpolation=v2.InterpolationMode.BILINEAR, antialias=True
+        )
 
 
-def build_transforms(train: bool, crop_size: int | None, scale_range: Sequence[float] | None,
-                     flip: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                     resize: int | None = None) -> v2.Compose:
+def build_transforms(
+    train: bool,
+    crop_size: int | None,
+    scale_range: Sequence[float] | None,
+    flip: bool = True,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    resize: int | None = None,
+) -> v2.Compose:
     """Joint image/mask transforms: optionally resize (every split), normalise; for training,
     scale, crop (pad 0 / 255) and flip."""
     ops: list = [v2.Resize(resize, antialias=True)] if resize else []
@@ -108,8 +135,11 @@ def build_transforms(train: bool, crop_size: int | None, scale_range: Sequence[f
             ops.append(RandomScale(scale_range))
         if crop_size:
             # Padding: 0 in the normalised image (the mean colour), "ignore" in the mask.
-            ops.append(v2.RandomCrop(int(crop_size), pad_if_needed=True,
-                                     fill={tv_tensors.Image: 0.0, tv_tensors.Mask: IGNORE_INDEX}))
+            ops.append(
+                v2.RandomCrop(
+                    int(crop_size), pad_if_needed=True, fill={tv_tensors.Image: 0.0, tv_tensors.Mask: IGNORE_INDEX}
+                )
+            )
         if flip:
             ops.append(v2.RandomHorizontalFlip())
     return v2.Compose(ops)
@@ -137,8 +167,10 @@ def _mask_array(mask: Image.Image | np.ndarray, path: str, dataset: str) -> np.n
     if isinstance(mask, np.ndarray):
         return mask
     if mask.mode not in _MASK_MODES:
-        raise DataError(f"{dataset}: malformed mask {path}: expected a palette or grayscale PNG of class "
-                        f"ids, got PIL mode {mask.mode!r} (an RGB rendering of the colour map cannot be read)")
+        raise DataError(
+            f"{dataset}: malformed mask {path}: expected a palette or grayscale PNG of class "
+            f"ids, got PIL mode {mask.mode!r} (an RGB rendering of the colour map cannot be read)"
+        )
     return np.asarray(mask)
 
 
@@ -151,8 +183,14 @@ class SegmentationSamples(Dataset):
     ``ignore_index``; otherwise :class:`DataError` names the file.
     """
 
-    def __init__(self, reader, num_classes: int, transforms=None, name: str = "segmentation data",
-                 ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(
+        self,
+        reader,
+        num_classes: int,
+        transforms=None,
+        name: str = "segmentation data",
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
         self.reader = reader
         self.num_classes = num_classes
         self.transforms = transforms
@@ -166,18 +204,24 @@ class SegmentationSamples(Dataset):
         image_file, mask_file = self.reader.sample_files(index)
         arr = _mask_array(mask, mask_file, self.name)
         if arr.ndim != 2:
-            raise DataError(f"{self.name}: malformed mask {mask_file}: expected one channel of class ids, "
-                            f"got an array of shape {list(arr.shape)}")
+            raise DataError(
+                f"{self.name}: malformed mask {mask_file}: expected one channel of class ids, "
+                f"got an array of shape {list(arr.shape)}"
+            )
         w, h = image.size
         if arr.shape != (h, w):
-            raise DataError(f"{self.name}: mask {mask_file} is {arr.shape[1]}x{arr.shape[0]} (WxH) but its "
-                            f"image {image_file} is {w}x{h}; masks must match their images pixel for pixel")
+            raise DataError(
+                f"{self.name}: mask {mask_file} is {arr.shape[1]}x{arr.shape[0]} (WxH) but its "
+                f"image {image_file} is {w}x{h}; masks must match their images pixel for pixel"
+            )
         bad = (arr >= self.num_classes) & (arr != self.ignore_index)
         if bad.any():
             values = sorted(int(v) for v in np.unique(arr[bad]))[:10]
-            raise DataError(f"{self.name}: mask {mask_file} holds class ids {values} outside 0..{self.num_classes - 1} "
-                            f"(and {self.ignore_index} = ignore); is it a mask of another data set, or an "
-                            f"RGB/anti-aliased rendering?")
+            raise DataError(
+                f"{self.name}: mask {mask_file} holds class ids {values} outside 0..{self.num_classes - 1} "
+                f"(and {self.ignore_index} = ignore); is it a mask of another data set, or an "
+                f"RGB/anti-aliased rendering?"
+            )
         return arr
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,8 +244,9 @@ class VOCSegmentationList(VOCSegmentation):
     ``SegmentationClassAug``.
     """
 
-    def __init__(self, voc_dir: str | os.PathLike, split: str, mask_dir: str = "SegmentationClass",
-                 transforms=None) -> None:
+    def __init__(
+        self, voc_dir: str | os.PathLike, split: str, mask_dir: str = "SegmentationClass", transforms=None
+    ) -> None:
         voc_dir = Path(voc_dir)
         # Skip _VOCBase.__init__ (fixed split names, download logic); keep the rest of the class.
         super(VOCSegmentation, self).__init__(str(voc_dir.parent.parent), transforms=transforms)
@@ -232,8 +277,15 @@ class _VOCReader:
         return self.dataset.images[i], self.dataset.masks[i]
 
 
-def coco_semantic_mask(coco, image_id: int, anns: Sequence[dict], category_to_label: dict[int, int],
-                       height: int, width: int, file: str = "") -> np.ndarray:
+def coco_semantic_mask(
+    coco,
+    image_id: int,
+    anns: Sequence[dict],
+    category_to_label: dict[int, int],
+    height: int,
+    width: int,
+    file: str = "",
+) -> np.ndarray:
     """Semantic mask (uint8 [H, W]) of one COCO image from its instance annotations.
 
     Background is 0 and category ``c`` gets ``category_to_label[c]``. Instances are painted
@@ -247,12 +299,16 @@ def coco_semantic_mask(coco, image_id: int, anns: Sequence[dict], category_to_la
     for ann in ordered:
         cat = ann.get("category_id")
         if cat not in category_to_label:
-            raise DataError(f"COCO: annotation {ann.get('id')} of image {image_id} ({file}) has category_id {cat}, "
-                            f"which is not among the {len(category_to_label)} categories of the annotation file")
+            raise DataError(
+                f"COCO: annotation {ann.get('id')} of image {image_id} ({file}) has category_id {cat}, "
+                f"which is not among the {len(category_to_label)} categories of the annotation file"
+            )
         m = coco.annToMask(ann).astype(bool)
         if m.shape != (height, width):
-            raise DataError(f"COCO: annotation {ann.get('id')} of image {image_id} ({file}) decodes to a "
-                            f"{m.shape[1]}x{m.shape[0]} mask, but the image is {width}x{height}")
+            raise DataError(
+                f"COCO: annotation {ann.get('id')} of image {image_id} ({file}) decodes to a "
+                f"{m.shape[1]}x{m.shape[0]} mask, but the image is {width}x{height}"
+            )
         if ann.get("iscrowd", 0):
             crowd |= m
         else:
@@ -292,10 +348,13 @@ class COCOSemantic(CocoDetection):
         image = self._load_image(image_id)
         h, w = int(info["height"]), int(info["width"])
         if image.size != (w, h):
-            raise DataError(f"COCO: image {image_file} is {image.size[0]}x{image.size[1]} but {self.coco_file} "
-                            f"says {w}x{h}; its masks would not match the image")
-        mask = coco_semantic_mask(self.coco, image_id, self._load_target(image_id), self.category_to_label,
-                                  h, w, image_file)
+            raise DataError(
+                f"COCO: image {image_file} is {image.size[0]}x{image.size[1]} but {self.coco_file} "
+                f"says {w}x{h}; its masks would not match the image"
+            )
+        mask = coco_semantic_mask(
+            self.coco, image_id, self._load_target(image_id), self.category_to_label, h, w, image_file
+        )
         return image, mask
 
 
@@ -322,10 +381,19 @@ class SegmentationDataModule(L.LightningDataModule):
     dataset_name = "segmentation data"
     splits: dict[str, str] = {}  # stage -> split name
 
-    def __init__(self, num_classes: int, batch_size: int = 16, num_workers: int = 0,
-                 crop_size: int | None = None, scale_range: Sequence[float] | None = (0.5, 2.0),
-                 flip: bool = True, eval_batch_size: int | None = None, pin_memory: bool = False,
-                 image_size: int | None = None, resize: int | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        crop_size: int | None = None,
+        scale_range: Sequence[float] | None = (0.5, 2.0),
+        flip: bool = True,
+        eval_batch_size: int | None = None,
+        pin_memory: bool = False,
+        image_size: int | None = None,
+        resize: int | None = None,
+    ) -> None:
         super().__init__()
         self.num_classes = int(num_classes)
         self.in_channels = 3
@@ -357,8 +425,9 @@ class SegmentationDataModule(L.LightningDataModule):
             self._check_layout()
             train = stage == "train"
             transforms = build_transforms(train, self.crop_size, self.scale_range, self.flip, resize=self.resize)
-            self.datasets[stage] = SegmentationSamples(self._reader(self.splits[stage]), self.num_classes,
-                                                       transforms, self.dataset_name)
+            self.datasets[stage] = SegmentationSamples(
+                self._reader(self.splits[stage]), self.num_classes, transforms, self.dataset_name
+            )
         return self.datasets[stage]
 
     def setup(self, stage: str | None = None) -> None:
@@ -368,9 +437,15 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def _loader(self, stage: str):
         train = stage == "train"
-        return make_loader(self.dataset(stage), self.batch_size if train else self.eval_batch_size,
-                           shuffle=train, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                           drop_last=train and len(self.dataset(stage)) > self.batch_size, collate_fn=pad_collate)
+        return make_loader(
+            self.dataset(stage),
+            self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            drop_last=train and len(self.dataset(stage)) > self.batch_size,
+            collate_fn=pad_collate,
+        )
 
     def train_dataloader(self):
         return self._loader("train")
@@ -396,13 +471,32 @@ class ShapesSegDataModule(SegmentationDataModule):
     dataset_name = "shapes (synthetic)"
     splits = {"train": "train", "val": "val", "test": "test"}
 
-    def __init__(self, root: str | os.PathLike, batch_size: int = 16, num_workers: int = 0,
-                 crop_size: int | None = 128, scale_range: Sequence[float] | None = (0.75, 1.25),
-                 flip: bool = True, eval_batch_size: int | None = None, pin_memory: bool = False,
-                 progress: bool = True, splits: dict[str, int] | None = None,
-                 resize: int | None = None) -> None:
-        super().__init__(1 + len(SHAPE_CLASSES), batch_size, num_workers, crop_size, scale_range, flip,
-                         eval_batch_size, pin_memory, image_size=128, resize=resize)
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        crop_size: int | None = 128,
+        scale_range: Sequence[float] | None = (0.75, 1.25),
+        flip: bool = True,
+        eval_batch_size: int | None = None,
+        pin_memory: bool = False,
+        progress: bool = True,
+        splits: dict[str, int] | None = None,
+        resize: int | None = None,
+    ) -> None:
+        super().__init__(
+            1 + len(SHAPE_CLASSES),
+            batch_size,
+            num_workers,
+            crop_size,
+            scale_range,
+            flip,
+            eval_batch_size,
+            pin_memory,
+            image_size=128,
+            resize=resize,
+        )
         self.root = Path(root).expanduser()
         self.progress = progress
         self.generator_splits = dict(splits) if splits else None
@@ -418,8 +512,10 @@ class ShapesSegDataModule(SegmentationDataModule):
         return _VOCReader(VOCSegmentationList(self._voc_dir, split))
 
 
-VOC_SOURCE = ("http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ (VOCtrainval_11-May-2012.tar); the augmented "
-              "'trainaug' set: SBD (Hariharan et al. 2011) converted to PNG masks, as distributed with DeepLab")
+VOC_SOURCE = (
+    "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ (VOCtrainval_11-May-2012.tar); the augmented "
+    "'trainaug' set: SBD (Hariharan et al. 2011) converted to PNG masks, as distributed with DeepLab"
+)
 VOC_LAYOUT = """\
 VOCdevkit/VOC2012/
     JPEGImages/<id>.jpg
@@ -441,12 +537,24 @@ class VOCSegDataModule(SegmentationDataModule):
 
     dataset_name = "PASCAL VOC 2012"
 
-    def __init__(self, root: str | os.PathLike, train_split: str = "auto", val_split: str = "val",
-                 test_split: str = "val", aug_mask_dir: str = "SegmentationClassAug", batch_size: int = 16,
-                 num_workers: int = 4, crop_size: int | None = 513, scale_range: Sequence[float] | None = (0.5, 2.0),
-                 flip: bool = True, eval_batch_size: int | None = None, pin_memory: bool = False) -> None:
-        super().__init__(len(VOC_CLASSES), batch_size, num_workers, crop_size, scale_range, flip,
-                         eval_batch_size, pin_memory)
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        train_split: str = "auto",
+        val_split: str = "val",
+        test_split: str = "val",
+        aug_mask_dir: str = "SegmentationClassAug",
+        batch_size: int = 16,
+        num_workers: int = 4,
+        crop_size: int | None = 513,
+        scale_range: Sequence[float] | None = (0.5, 2.0),
+        flip: bool = True,
+        eval_batch_size: int | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__(
+            len(VOC_CLASSES), batch_size, num_workers, crop_size, scale_range, flip, eval_batch_size, pin_memory
+        )
         self.root = Path(root).expanduser()
         self.voc_dir = self.root / VOC_SUBDIR
         self.aug_mask_dir = aug_mask_dir
@@ -455,8 +563,9 @@ class VOCSegDataModule(SegmentationDataModule):
         self.classes = VOC_CLASSES
 
     def _has_trainaug(self) -> bool:
-        return (self.voc_dir / "ImageSets" / "Segmentation" / "trainaug.txt").is_file() and \
-            (self.voc_dir / self.aug_mask_dir).is_dir()
+        return (self.voc_dir / "ImageSets" / "Segmentation" / "trainaug.txt").is_file() and (
+            self.voc_dir / self.aug_mask_dir
+        ).is_dir()
 
     def _resolved(self, split: str) -> str:
         if split == "auto":
@@ -468,8 +577,9 @@ class VOCSegDataModule(SegmentationDataModule):
         needed = ["JPEGImages", "SegmentationClass"] + [f"ImageSets/Segmentation/{s}.txt" for s in splits]
         if "trainaug" in splits:
             needed.append(self.aug_mask_dir)
-        require_paths(self.root, [f"{VOC_SUBDIR.as_posix()}/{p}" for p in needed], self.dataset_name,
-                      VOC_LAYOUT, VOC_SOURCE)
+        require_paths(
+            self.root, [f"{VOC_SUBDIR.as_posix()}/{p}" for p in needed], self.dataset_name, VOC_LAYOUT, VOC_SOURCE
+        )
 
     def _reader(self, split: str):
         split = self._resolved(split)
@@ -498,12 +608,24 @@ class COCOSegDataModule(SegmentationDataModule):
 
     dataset_name = "COCO 2017"
 
-    def __init__(self, root: str | os.PathLike, train_split: str = "train2017", val_split: str = "val2017",
-                 test_split: str = "val2017", num_classes: int = 81, batch_size: int = 16, num_workers: int = 4,
-                 crop_size: int | None = 513, scale_range: Sequence[float] | None = (0.5, 2.0), flip: bool = True,
-                 eval_batch_size: int | None = None, pin_memory: bool = False) -> None:
-        super().__init__(num_classes, batch_size, num_workers, crop_size, scale_range, flip, eval_batch_size,
-                         pin_memory)
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        train_split: str = "train2017",
+        val_split: str = "val2017",
+        test_split: str = "val2017",
+        num_classes: int = 81,
+        batch_size: int = 16,
+        num_workers: int = 4,
+        crop_size: int | None = 513,
+        scale_range: Sequence[float] | None = (0.5, 2.0),
+        flip: bool = True,
+        eval_batch_size: int | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__(
+            num_classes, batch_size, num_workers, crop_size, scale_range, flip, eval_batch_size, pin_memory
+        )
         self.root = Path(root).expanduser()
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
 
@@ -521,13 +643,20 @@ class COCOSegDataModule(SegmentationDataModule):
         except DataError:
             raise
         except Exception as err:  # json / pycocotools errors: say which file
-            raise data_error(self.dataset_name, f"cannot read {self.root / ann_file} ({type(err).__name__}: {err})",
-                             root=self.root, layout=COCO_LAYOUT, source=COCO_SOURCE) from err
+            raise data_error(
+                self.dataset_name,
+                f"cannot read {self.root / ann_file} ({type(err).__name__}: {err})",
+                root=self.root,
+                layout=COCO_LAYOUT,
+                source=COCO_SOURCE,
+            ) from err
         dataset._ann_file = str(self.root / ann_file)
         if len(dataset.category_to_label) + 1 != self.num_classes:
-            raise DataError(f"{self.dataset_name}: {self.root / ann_file} has {len(dataset.category_to_label)} "
-                            f"categories, so {len(dataset.category_to_label) + 1} classes with background, but "
-                            f"num_classes={self.num_classes}")
+            raise DataError(
+                f"{self.dataset_name}: {self.root / ann_file} has {len(dataset.category_to_label)} "
+                f"categories, so {len(dataset.category_to_label) + 1} classes with background, but "
+                f"num_classes={self.num_classes}"
+            )
         return _COCOReader(dataset)
 
 

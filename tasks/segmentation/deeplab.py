@@ -19,9 +19,10 @@ mean over T of the last spike trains, and the bilinear upsampling after it is th
 as in the ANN. The ASPP branches' spike trains are concatenated (linear per time step),
 and its image-pooling branch uses adaptive average pooling and bilinear upsampling.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -61,8 +62,9 @@ class ASPP(nn.Module):
     """Atrous spatial pyramid pooling (Chen et al., 2017): a 1x1 conv, one dilated 3x3 conv
     per rate and image pooling in parallel, concatenated and projected by a 1x1 conv."""
 
-    def __init__(self, in_channels: int, out_channels: int, rates: Sequence[int] = (6, 12, 18),
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, rates: Sequence[int] = (6, 12, 18), dropout: float = 0.1
+    ) -> None:
         super().__init__()
         branches = [conv_bn_relu(in_channels, out_channels, kernel_size=1)]
         branches += [conv_bn_relu(in_channels, out_channels, dilation=int(r)) for r in rates]
@@ -89,8 +91,15 @@ class DeepLabV1(nn.Module):
         dropout: dropout before the classifier (training only).
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0,
-                 head_channels: int = 1024, head_dilation: int = 12, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        width: float = 1.0,
+        head_channels: int = 1024,
+        head_dilation: int = 12,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         self.backbone = create_backbone("vgg9_dilated", in_channels=in_channels, width=width)
         channels = scale_channels(head_channels, width)
@@ -123,13 +132,21 @@ class DeepLabV3(nn.Module):
             or ``"cifar"`` (3x3, stride 1).
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0,
-                 output_stride: int = 16, aspp_channels: int = 256,
-                 atrous_rates: Sequence[int] = (6, 12, 18), dropout: float = 0.1,
-                 stem: str = "imagenet") -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        width: float = 1.0,
+        output_stride: int = 16,
+        aspp_channels: int = 256,
+        atrous_rates: Sequence[int] = (6, 12, 18),
+        dropout: float = 0.1,
+        stem: str = "imagenet",
+    ) -> None:
         super().__init__()
-        self.backbone = create_backbone("resnet34_features", in_channels=in_channels, width=width,
-                                        output_stride=output_stride, stem=stem)
+        self.backbone = create_backbone(
+            "resnet34_features", in_channels=in_channels, width=width, output_stride=output_stride, stem=stem
+        )
         channels = scale_channels(aspp_channels, width)
         self.aspp = ASPP(self.backbone.out_channels, channels, tuple(atrous_rates), dropout)
         self.head = conv_bn_relu(channels, channels)

@@ -40,8 +40,14 @@ FEATURES = {
 
 # Every module type a backbone may contain besides the package's own containers.
 ALLOWED_LEAVES = (
-    nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-    nn.Linear, nn.Dropout, nn.Identity,
+    nn.Conv2d,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.Linear,
+    nn.Dropout,
+    nn.Identity,
 )
 
 

@@ -1,6 +1,7 @@
 """benchmarks/fidelity.py in a tiny configuration (tiny nets, a few dozen images, one epoch):
 it runs, writes its JSON and markdown, and what they say is consistent with the raw curves.
 SpikingJelly parts run only where it is installed."""
+
 import json
 
 import pytest
@@ -9,9 +10,36 @@ from benchmarks import bench_utils, fidelity
 from tests.helpers import run_script
 
 HAVE_SJ = bench_utils.spikingjelly_version() is not None
-TINY = ["--models", "vgg11", "resnet20", "--width-scale", "0.25", "--subset", "48", "--fp-epochs", "1",
-        "--q-epochs", "1", "--bits", "2", "--sj-timesteps", "1", "3", "7", "--our-timesteps", "1", "2", "3",
-        "--our-max-t", "3", "--stats-images", "8", "--epochs-per-layer", "1", "--no-compile"]
+TINY = [
+    "--models",
+    "vgg11",
+    "resnet20",
+    "--width-scale",
+    "0.25",
+    "--subset",
+    "48",
+    "--fp-epochs",
+    "1",
+    "--q-epochs",
+    "1",
+    "--bits",
+    "2",
+    "--sj-timesteps",
+    "1",
+    "3",
+    "7",
+    "--our-timesteps",
+    "1",
+    "2",
+    "3",
+    "--our-max-t",
+    "3",
+    "--stats-images",
+    "8",
+    "--epochs-per-layer",
+    "1",
+    "--no-compile",
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +75,8 @@ def test_every_method_has_a_curve_of_valid_accuracies(run):
         st = row["stats"]["signed_ft"]
         assert 0 < st["spike_rate"] < 1 and st["sops"] > 0 and st["ann_macs"] > st["first_layer_macs"] > 0
         assert st["energy_ratio"] == pytest.approx(
-            (st["first_layer_macs"] * 4.6 + st["sops"] * 0.9) / (st["ann_macs"] * 4.6))
+            (st["first_layer_macs"] * 4.6 + st["sops"] * 0.9) / (st["ann_macs"] * 4.6)
+        )
 
 
 def test_the_first_step_of_a_signed_and_an_unsigned_snn_agree(run):
@@ -76,10 +105,34 @@ def test_smallest_t():
 
 def test_runs_without_spikingjelly(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench_utils, "spikingjelly_version", lambda: None)
-    result = run_script(fidelity.main, [
-        "--models", "vgg11", "--width-scale", "0.25", "--subset", "24", "--fp-epochs", "0", "--q-epochs", "0",
-        "--bits", "2", "--our-timesteps", "1", "3", "--our-max-t", "3", "--stats-images", "4", "--no-validate",
-        "--no-compile", "--out-dir", str(tmp_path)])
+    result = run_script(
+        fidelity.main,
+        [
+            "--models",
+            "vgg11",
+            "--width-scale",
+            "0.25",
+            "--subset",
+            "24",
+            "--fp-epochs",
+            "0",
+            "--q-epochs",
+            "0",
+            "--bits",
+            "2",
+            "--our-timesteps",
+            "1",
+            "3",
+            "--our-max-t",
+            "3",
+            "--stats-images",
+            "4",
+            "--no-validate",
+            "--no-compile",
+            "--out-dir",
+            str(tmp_path),
+        ],
+    )
     assert "SpikingJelly not installed: skipped" in capsys.readouterr().err
     assert result["spikingjelly_skipped"] and result["results"][0]["spikingjelly"] == []
     assert (tmp_path / "fidelity.md").exists()

@@ -1,6 +1,7 @@
 """The simulator features the speed benchmark measures: int8 synapses (``integer_kernels=True``)
 give the float simulation's outputs and step aside where they cannot be exact; the streaming
 state is small (int8 spike counts, in-place membranes) and its peak memory does not grow with T."""
+
 import copy
 
 import pytest
@@ -18,13 +19,21 @@ class Net(nn.Module):
 
     def __init__(self, w=48):
         super().__init__()
-        cbr = lambda i, o, s=1: nn.Sequential(nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU())
+
+        def cbr(i, o, s=1):
+            return nn.Sequential(nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU())
+
         self.stem = cbr(3, w)
         self.c1 = cbr(w, w)
         self.pool = nn.AvgPool2d(2)
         self.c2 = cbr(w, 64)
-        self.b1 = nn.Sequential(nn.Conv2d(64, 64, 3, 2, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-                                nn.Conv2d(64, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64))
+        self.b1 = nn.Sequential(
+            nn.Conv2d(64, 64, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(64),
+        )
         self.short = nn.Sequential(nn.Conv2d(64, 64, 1, 2, bias=False), nn.BatchNorm2d(64))
         self.relu = nn.ReLU()
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
@@ -121,10 +130,9 @@ def test_streaming_state_is_small_and_its_memory_does_not_grow_with_t():
         for mode in ("streaming", "multistep"):
             s = fastsnn.convert_to_snn(q, timesteps=T, mode=mode)
             with torch.no_grad():
-                mem[mode, T] = peak_memory_bytes(lambda: s(x), torch.device("cpu"))
+                mem[mode, T] = peak_memory_bytes(lambda s=s: s(x), torch.device("cpu"))
     assert mem["streaming", 15] == mem["streaming", 3]
     assert mem["multistep", 15] > 3 * mem["multistep", 3] / 2 and mem["streaming", 15] < mem["multistep", 15] / 2
-
 
 
 def test_compiled_neurons_get_one_code_object_per_kernel(monkeypatch):
@@ -142,8 +150,11 @@ def test_compiled_neurons_get_one_code_object_per_kernel(monkeypatch):
     monkeypatch.setattr(neuron_mod.torch, "compile", fake_compile)
     monkeypatch.setattr(neuron_mod, "_compiled_multistep", {})
     torch.manual_seed(0)
-    q = fastsnn.quantize_model(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 8),
-                                             nn.ReLU(), nn.Linear(8, 3)), 2, alpha_init=1.0).eval()
+    q = fastsnn.quantize_model(
+        nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)),
+        2,
+        alpha_init=1.0,
+    ).eval()
     x = torch.randn(2, 1, 4, 4)
     compiled, eager = fastsnn.convert_to_snn(q, compiled=True), fastsnn.convert_to_snn(q)
     with torch.no_grad():

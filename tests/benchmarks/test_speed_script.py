@@ -1,6 +1,7 @@
 """benchmarks/speed.py in a tiny configuration: it runs, writes its JSON and markdown, and the
 numbers in them are the ones it claims (ratios recomputed from the raw times, memory that
 behaves as the simulation modes say). SpikingJelly parts run only where it is installed."""
+
 import json
 import math
 
@@ -11,9 +12,31 @@ from benchmarks import bench_utils, speed
 from tests.helpers import run_script
 
 HAVE_SJ = bench_utils.spikingjelly_version() is not None
-TINY = ["--archs", "vgg11", "resnet20", "--width", "0.125", "--batch", "4", "--timesteps", "3", "7",
-        "--repeats", "2", "--train-steps", "2", "--finetune-batches", "1", "--max-wait", "0",
-        "--variants", "fastsnn_eager", "fastsnn_streaming", "sj_single_step", "sj_multi_step"]
+TINY = [
+    "--archs",
+    "vgg11",
+    "resnet20",
+    "--width",
+    "0.125",
+    "--batch",
+    "4",
+    "--timesteps",
+    "3",
+    "7",
+    "--repeats",
+    "2",
+    "--train-steps",
+    "2",
+    "--finetune-batches",
+    "1",
+    "--max-wait",
+    "0",
+    "--variants",
+    "fastsnn_eager",
+    "fastsnn_streaming",
+    "sj_single_step",
+    "sj_multi_step",
+]
 # (the torch.compile-d variants would spend most of a minute compiling; tests/core and
 # test_simulator_kernels.py check them)
 
@@ -38,8 +61,7 @@ def test_writes_json_and_markdown_with_every_section(run):
 
 def test_every_method_is_measured_at_every_timestep(run):
     rows = run[1]["inference"]
-    methods = {"fastsnn_eager", "fastsnn_streaming"} | (
-        {"sj_single_step", "sj_multi_step"} if HAVE_SJ else set())
+    methods = {"fastsnn_eager", "fastsnn_streaming"} | ({"sj_single_step", "sj_multi_step"} if HAVE_SJ else set())
     for arch in ("vgg11", "resnet20"):
         for T in (3, 7):
             assert {r["method"] for r in rows if r["arch"] == arch and r["T"] == T} == methods
@@ -95,10 +117,30 @@ def test_targets_name_each_requirement(run):
 
 def test_runs_without_spikingjelly(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench_utils, "spikingjelly_version", lambda: None)
-    result = run_script(speed.main, [
-        "--archs", "vgg11", "--width", "0.125", "--batch", "2", "--timesteps", "3", "--repeats", "1", "--no-train",
-        "--finetune-timesteps", "--max-wait", "0", "--variants", "fastsnn_eager", "sj_single_step",
-        "--out-dir", str(tmp_path)])
+    result = run_script(
+        speed.main,
+        [
+            "--archs",
+            "vgg11",
+            "--width",
+            "0.125",
+            "--batch",
+            "2",
+            "--timesteps",
+            "3",
+            "--repeats",
+            "1",
+            "--no-train",
+            "--finetune-timesteps",
+            "--max-wait",
+            "0",
+            "--variants",
+            "fastsnn_eager",
+            "sj_single_step",
+            "--out-dir",
+            str(tmp_path),
+        ],
+    )
     assert "SpikingJelly not installed: skipped" in capsys.readouterr().err
     assert result["spikingjelly_skipped"] and not any(r["method"].startswith("sj") for r in result["inference"])
     assert (tmp_path / "speed.json").exists()

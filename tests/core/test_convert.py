@@ -220,15 +220,18 @@ class WithGelu(nn.Module):
         return self.act(self.gelu(self.conv(x)))
 
 
-@pytest.mark.parametrize("block, pattern", [
-    (nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(4, 4, 1), nn.ReLU()), r"module '2\.0' is max pooling.*stride-2"),
-    (FunctionalRelu(), r"forward of module '2' \(FunctionalRelu\).*relu"),
-    (nn.Sequential(nn.Conv2d(4, 4, 1), nn.Sigmoid(), nn.Conv2d(4, 4, 1), nn.ReLU()), r"module '2\.1' \(Sigmoid\)"),
-    (WithGelu(), r"module '2\.gelu' \(GELU\)"),
-    (Gated(), r"forward of module '2' \(Gated\).*multiplies"),
-    # after the last neurons, but feeding the output layer: an analog layer in disguise
-    (nn.Sequential(nn.Conv2d(4, 4, 1), nn.Tanh()), r"module '2\.1' \(Tanh\)"),
-])
+@pytest.mark.parametrize(
+    "block, pattern",
+    [
+        (nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(4, 4, 1), nn.ReLU()), r"module '2\.0' is max pooling.*stride-2"),
+        (FunctionalRelu(), r"forward of module '2' \(FunctionalRelu\).*relu"),
+        (nn.Sequential(nn.Conv2d(4, 4, 1), nn.Sigmoid(), nn.Conv2d(4, 4, 1), nn.ReLU()), r"module '2\.1' \(Sigmoid\)"),
+        (WithGelu(), r"module '2\.gelu' \(GELU\)"),
+        (Gated(), r"forward of module '2' \(Gated\).*multiplies"),
+        # after the last neurons, but feeding the output layer: an analog layer in disguise
+        (nn.Sequential(nn.Conv2d(4, 4, 1), nn.Tanh()), r"module '2\.1' \(Tanh\)"),
+    ],
+)
 def test_unsupported_layers_are_refused_naming_the_module(block, pattern):
     ann = quantize_model(_wrap(block), 2)
     with pytest.raises(ConversionError, match=pattern):
@@ -258,8 +261,12 @@ def test_unquantized_relu_and_untraceable_models_get_clear_errors():
 def test_nonlinear_ops_on_the_analog_side_are_allowed():
     # max pooling of the analog input and a sigmoid after the output layer are computed
     # exactly as in the ANN (before the first / after the last neurons)
-    ann = quantize_model(nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(),
-                                       nn.Linear(4 * 2 * 2, 3), nn.Sigmoid()), 2).eval()
+    ann = quantize_model(
+        nn.Sequential(
+            nn.MaxPool2d(2), nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 2 * 2, 3), nn.Sigmoid()
+        ),
+        2,
+    ).eval()
     snn = convert_to_snn(ann)
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():

@@ -7,6 +7,7 @@ For a plain and a residual CNN (benchmarks/digits_models.py), on the held-out te
     worse than it found it (updates that raise a layer's MSE are undone).
 Each model takes a few seconds on a CPU (training included).
 """
+
 import copy
 import time
 
@@ -48,8 +49,11 @@ def pipeline(request, data, one_thread):
     converted = copy.deepcopy(signed)
     # a fixed list of shuffled batches: the MSEs are measured on its first MEASURE_BATCHES
     batches = list(loader(data["train"], batch_size=64, shuffle=True, seed=0))
-    acc = {"ann": accuracy(ann, data["test"]), "unsigned": accuracy(unsigned, data["test"]),
-           "signed": accuracy(signed, data["test"])}
+    acc = {
+        "ann": accuracy(ann, data["test"]),
+        "unsigned": accuracy(unsigned, data["test"]),
+        "signed": accuracy(signed, data["test"]),
+    }
     start = time.perf_counter()
     reports = fastsnn.layerwise_finetune(ann, signed, batches, measure_batches=MEASURE_BATCHES)
     finetune_s = time.perf_counter() - start
@@ -57,8 +61,15 @@ def pipeline(request, data, one_thread):
     print(f"\n{name}: {acc} train {train_s:.1f}s finetune {finetune_s:.1f}s")
     for r in reports:
         print(f"  {r.path}: mse {r.mse_before:.5f} -> {r.mse_after:.5f} kept={r.kept}")
-    return {"name": name, "ann": ann, "converted": converted, "snn": signed, "acc": acc,
-            "reports": reports, "measure": [x for x, _ in batches[:MEASURE_BATCHES]]}
+    return {
+        "name": name,
+        "ann": ann,
+        "converted": converted,
+        "snn": signed,
+        "acc": acc,
+        "reports": reports,
+        "measure": [x for x, _ in batches[:MEASURE_BATCHES]],
+    }
 
 
 def test_the_quantized_ann_learned_the_task(pipeline):
@@ -84,11 +95,17 @@ def _layer_mse(ann, snn, batches) -> dict[str, float]:
     measured with forward hooks on whole-model runs (independent of finetune's internals)."""
     T = snn.timesteps
     acts, rates = {}, {}
-    handles = [m.register_forward_hook(lambda m, i, o, n=n: acts.__setitem__(n, o))
-               for n, m in ann.named_modules() if isinstance(m, fastsnn.QuantReLU)]
-    handles += [gn.register_forward_hook(
-        lambda m, i, o: rates.__setitem__(m.path, o.reshape(T, o.shape[0] // T, *o.shape[1:]).mean(0)))
-        for _, gn in snn.neurons()]
+    handles = [
+        m.register_forward_hook(lambda m, i, o, n=n: acts.__setitem__(n, o))
+        for n, m in ann.named_modules()
+        if isinstance(m, fastsnn.QuantReLU)
+    ]
+    handles += [
+        gn.register_forward_hook(
+            lambda m, i, o: rates.__setitem__(m.path, o.reshape(T, o.shape[0] // T, *o.shape[1:]).mean(0))
+        )
+        for _, gn in snn.neurons()
+    ]
     total, count = {}, {}
     try:
         for x in batches:

@@ -88,14 +88,29 @@ def test_quantized_weights_take_few_values_and_pass_gradients(mode):
 
 
 def _mlp():
-    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(4 * 4 * 4, 5), nn.ReLU(), nn.Linear(5, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 5),
+        nn.ReLU(),
+        nn.Linear(5, 3),
+    )
 
 
 def test_quantize_model_replaces_relus_and_keeps_first_and_last_at_8_bits():
     model = quantize_model(_mlp(), bits=2, weight_bits=3)
     assert [type(m) for m in model if not isinstance(m, nn.Flatten)] == [
-        QuantConv2d, QuantReLU, QuantConv2d, QuantReLU, QuantLinear, QuantReLU, QuantLinear]
+        QuantConv2d,
+        QuantReLU,
+        QuantConv2d,
+        QuantReLU,
+        QuantLinear,
+        QuantReLU,
+        QuantLinear,
+    ]
     assert model[0].weight_quantizer.mode == "max" and model[0].weight_quantizer.bits == 8
     assert model[7].weight_quantizer.mode == "max" and model[7].weight_quantizer.bits == 8
     assert model[2].weight_quantizer.mode == "apot" and model[2].weight_quantizer.bits == 3

@@ -1,5 +1,6 @@
 """Property tests for fastsnn.spike_stats: synaptic operations against a brute-force count,
 spike rates against an independent step-by-step simulation, MACs and energy by hand."""
+
 import copy
 
 import pytest
@@ -33,9 +34,16 @@ def brute_conv_sops(spikes: torch.Tensor, conv: nn.Conv2d) -> int:
     total = 0
     for *_, h, w in spikes.nonzero().tolist():
         if (h, w) not in reach:
-            reach[(h, w)] = len({(oh, ow) for oh in range(OH) for ow in range(OW)
-                                 for i in range(kh) for j in range(kw)
-                                 if oh * sh - ph + i * dh == h and ow * sw - pw + j * dw == w})
+            reach[(h, w)] = len(
+                {
+                    (oh, ow)
+                    for oh in range(OH)
+                    for ow in range(OW)
+                    for i in range(kh)
+                    for j in range(kw)
+                    if oh * sh - ph + i * dh == h and ow * sw - pw + j * dw == w
+                }
+            )
         total += reach[(h, w)] * per_group
     return total
 
@@ -90,7 +98,7 @@ CONV_CASES = [
 def _captured_spikes(snn, x):
     """The first neuron layer's per-step output ([T*N, ...], in units of its threshold)."""
     seen = []
-    (_, neuron), = snn.neurons()
+    ((_, neuron),) = snn.neurons()
     handle = neuron.register_forward_hook(lambda m, i, o: seen.append(o.clone()))
     try:
         spike_stats(snn, x)
@@ -150,8 +158,9 @@ class Small(nn.Module):
     def __init__(self):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU())
-        self.down = nn.Sequential(nn.Conv2d(6, 8, 3, stride=2, padding=1, groups=2, bias=False),
-                                  nn.BatchNorm2d(8), nn.ReLU())
+        self.down = nn.Sequential(
+            nn.Conv2d(6, 8, 3, stride=2, padding=1, groups=2, bias=False), nn.BatchNorm2d(8), nn.ReLU()
+        )
         self.conv3 = nn.Conv2d(8, 8, 3, padding=2, dilation=2, bias=False)
         self.bn3 = nn.BatchNorm2d(8)
         self.relu3 = nn.ReLU()
@@ -227,8 +236,11 @@ def _reference_run(ann, x, T, signed):
         counter = brute_conv_sops if isinstance(module, nn.Conv2d) else brute_linear_sops
         sops[0] += counter(inputs[0], module)
 
-    handles = [m.register_forward_hook(count) for n, m in ref.named_modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear)) and n != "stem.0"]
+    handles = [
+        m.register_forward_hook(count)
+        for n, m in ref.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and n != "stem.0"
+    ]
     with torch.no_grad():
         out = torch.stack([ref(x) for _ in range(T)]).mean(0)
     for h in handles:

@@ -1,4 +1,5 @@
 """Tiny detection fixtures written in the real on-disk formats (VOC XML + JPEG, COCO JSON + JPEG)."""
+
 from __future__ import annotations
 
 import json
@@ -29,18 +30,31 @@ def voc_xml(filename: str, w: int, h: int, objects: list[dict]) -> str:
         f"<object><name>{o['name']}</name><pose>Unspecified</pose><truncated>0</truncated>"
         f"<difficult>{int(o.get('difficult', 0))}</difficult><bndbox>"
         + "".join(f"<{k}>{v}</{k}>" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), o["bbox"]))
-        + "</bndbox></object>" for o in objects)
-    return (f"<annotation><folder>VOC2007</folder><filename>{filename}</filename><size><width>{w}</width>"
-            f"<height>{h}</height><depth>3</depth></size><segmented>0</segmented>{objs}</annotation>")
+        + "</bndbox></object>"
+        for o in objects
+    )
+    return (
+        f"<annotation><folder>VOC2007</folder><filename>{filename}</filename><size><width>{w}</width>"
+        f"<height>{h}</height><depth>3</depth></size><segmented>0</segmented>{objs}</annotation>"
+    )
 
 
 # image id -> (width, height, objects); VOC boxes are 1-based inclusive pixel indices
 VOC_IMAGES = {
-    "000001": (64, 48, [{"name": "dog", "bbox": (11, 6, 40, 30)},
-                        {"name": "person", "bbox": (2, 2, 20, 40), "difficult": 1}]),
-    "000002": (64, 48, [{"name": "car", "bbox": (50, 30, 90, 60)},   # partly outside: clipped
-                        {"name": "cat", "bbox": (10, 10, 9, 20)}]),   # zero area: dropped
-    "000003": (64, 48, []),                                           # no objects: a negative
+    "000001": (
+        64,
+        48,
+        [{"name": "dog", "bbox": (11, 6, 40, 30)}, {"name": "person", "bbox": (2, 2, 20, 40), "difficult": 1}],
+    ),
+    "000002": (
+        64,
+        48,
+        [
+            {"name": "car", "bbox": (50, 30, 90, 60)},  # partly outside: clipped
+            {"name": "cat", "bbox": (10, 10, 9, 20)},
+        ],
+    ),  # zero area: dropped
+    "000003": (64, 48, []),  # no objects: a negative
 }
 
 
@@ -67,9 +81,11 @@ def voc_root(tmp_path) -> Path:
 
 def write_coco(root: Path, split: str = "val2017") -> Path:
     """3 images: two objects + a crowd box + a box outside; a zero-area box; no annotations."""
-    images = [{"id": 7, "file_name": "000000000007.jpg", "width": 60, "height": 40},
-              {"id": 9, "file_name": "000000000009.jpg", "width": 60, "height": 40},
-              {"id": 12, "file_name": "000000000012.jpg", "width": 60, "height": 40}]
+    images = [
+        {"id": 7, "file_name": "000000000007.jpg", "width": 60, "height": 40},
+        {"id": 9, "file_name": "000000000009.jpg", "width": 60, "height": 40},
+        {"id": 12, "file_name": "000000000012.jpg", "width": 60, "height": 40},
+    ]
     cats = [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 90, "name": "toothbrush"}]
     anns = [
         {"id": 1, "image_id": 7, "category_id": 18, "bbox": [10, 5, 20, 15], "area": 300, "iscrowd": 0},
@@ -79,7 +95,8 @@ def write_coco(root: Path, split: str = "val2017") -> Path:
     ]
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     (root / "annotations" / f"instances_{split}.json").write_text(
-        json.dumps({"images": images, "annotations": anns, "categories": cats}))
+        json.dumps({"images": images, "annotations": anns, "categories": cats})
+    )
     for i, im in enumerate(images):
         _jpeg(root / split / im["file_name"], im["width"], im["height"], i)
     return root

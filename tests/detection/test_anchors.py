@@ -1,4 +1,5 @@
 """k-means anchors (1 - IoU distance) recover the box shapes they are given."""
+
 import numpy as np
 
 from tasks.detection.anchors import kmeans_anchors, mean_best_iou

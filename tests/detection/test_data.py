@@ -1,4 +1,5 @@
 """Detection data: the VOC and COCO readers on tiny fixtures in the real formats, augmentation."""
+
 from __future__ import annotations
 
 import logging
@@ -9,10 +10,18 @@ import torch
 from torchvision import tv_tensors
 
 from tasks.common.data import DataError
-from tasks.detection.data import (VOC_CLASSES, COCODetectionDataModule, COCODetectionReader, MultiScaleCollate,
-                                  ShapesDetectionDataModule, VOCDetectionDataModule, VOCDetectionReader, collate)
+from tasks.detection.data import (
+    VOC_CLASSES,
+    COCODetectionDataModule,
+    COCODetectionReader,
+    MultiScaleCollate,
+    ShapesDetectionDataModule,
+    VOCDetectionDataModule,
+    VOCDetectionReader,
+    collate,
+)
 
-from .conftest import VOC_IMAGES, write_voc
+from .conftest import write_voc
 
 DOG, PERSON, CAR = VOC_CLASSES.index("dog"), VOC_CLASSES.index("person"), VOC_CLASSES.index("car")
 
@@ -78,8 +87,11 @@ def test_unknown_class_raises_naming_the_file_and_the_class(voc_root):
 
 
 def test_bad_coordinates_raise_naming_the_file(voc_root):
-    _broken(voc_root, "<annotation><object><name>car</name><bndbox><xmin>a</xmin><ymin>1</ymin>"
-                      "<xmax>3</xmax><ymax>4</ymax></bndbox></object></annotation>")
+    _broken(
+        voc_root,
+        "<annotation><object><name>car</name><bndbox><xmin>a</xmin><ymin>1</ymin>"
+        "<xmax>3</xmax><ymax>4</ymax></bndbox></object></annotation>",
+    )
     with pytest.raises(DataError, match=r"000002\.xml.*xmin"):
         VOCDetectionReader(voc_root, "2007", "test", VOC_CLASSES)
 
@@ -102,8 +114,9 @@ def test_coco_reader_maps_categories_ignores_crowds_clips_and_drops(coco_root, c
     assert ds.cat_ids == [1, 18, 90] and len(ds) == 3
     _, t = ds[0]
     # [x, y, w, h] -> xyxy; the toothbrush box (50, 30, 70, 50) is clipped to the 60 x 40 image
-    torch.testing.assert_close(t["boxes"].as_subclass(torch.Tensor),
-                               torch.tensor([[10.0, 5, 30, 20], [50, 30, 60, 40], [0, 0, 30, 30]]))
+    torch.testing.assert_close(
+        t["boxes"].as_subclass(torch.Tensor), torch.tensor([[10.0, 5, 30, 20], [50, 30, 60, 40], [0, 0, 30, 30]])
+    )
     assert t["labels"].tolist() == [1, 2, 0] and t["iscrowd"].tolist() == [0, 0, 1]
     assert t["image_id"] == 7
     assert ds.label_to_category(t["labels"]).tolist() == [18, 90, 1]  # and back, for evaluation
@@ -139,15 +152,20 @@ def _white_square_sample(size=64, box=(10, 20, 30, 44)):
     img = torch.zeros(3, size, size, dtype=torch.uint8)
     x0, y0, x1, y1 = box
     img[:, y0:y1, x0:x1] = 255
-    target = {"boxes": tv_tensors.BoundingBoxes(torch.tensor([box], dtype=torch.float32), format="XYXY",
-                                                canvas_size=(size, size)),
-              "labels": torch.tensor([3]), "iscrowd": torch.tensor([0])}
+    target = {
+        "boxes": tv_tensors.BoundingBoxes(
+            torch.tensor([box], dtype=torch.float32), format="XYXY", canvas_size=(size, size)
+        ),
+        "labels": torch.tensor([3]),
+        "iscrowd": torch.tensor([0]),
+    }
     return tv_tensors.Image(img), target
 
 
 def test_train_augmentation_moves_the_boxes_with_the_image(tmp_path):
-    dm = ShapesDetectionDataModule(tmp_path / "shapes", image_size=64, jitter=0.0, flip=0.5, scale=(0.6, 1.4),
-                                   translate=0.2, num_workers=0)
+    dm = ShapesDetectionDataModule(
+        tmp_path / "shapes", image_size=64, jitter=0.0, flip=0.5, scale=(0.6, 1.4), translate=0.2, num_workers=0
+    )
     tf = dm.transforms(train=True)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -170,8 +188,9 @@ def test_train_augmentation_moves_the_boxes_with_the_image(tmp_path):
 def test_sanitize_drops_degenerate_boxes_with_their_labels(tmp_path):
     dm = ShapesDetectionDataModule(tmp_path / "shapes", image_size=64, augment=False, num_workers=0)
     img, t = _white_square_sample()
-    t["boxes"] = tv_tensors.BoundingBoxes(torch.tensor([[10.0, 20, 30, 44], [70, 5, 90, 20], [5, 5, 5.5, 30]]),
-                                          format="XYXY", canvas_size=(64, 64))
+    t["boxes"] = tv_tensors.BoundingBoxes(
+        torch.tensor([[10.0, 20, 30, 44], [70, 5, 90, 20], [5, 5, 5.5, 30]]), format="XYXY", canvas_size=(64, 64)
+    )
     t["labels"], t["iscrowd"] = torch.tensor([3, 1, 2]), torch.tensor([0, 1, 0])
     _, out = dm.transforms(train=True)(img, t)
     assert out["labels"].tolist() == [3] and out["iscrowd"].tolist() == [0] and len(out["boxes"]) == 1
@@ -188,8 +207,9 @@ def test_multiscale_collate_resizes_images_and_boxes():
 
 
 def test_shapes_datamodule_generates_and_reads_the_voc_layout(tmp_path):
-    dm = ShapesDetectionDataModule(tmp_path / "shapes", splits={"train": 6, "val": 2, "test": 2}, batch_size=4,
-                                   num_workers=0)
+    dm = ShapesDetectionDataModule(
+        tmp_path / "shapes", splits={"train": 6, "val": 2, "test": 2}, batch_size=4, num_workers=0
+    )
     assert (dm.num_classes, dm.image_size) == (5, 128)
     dm.prepare_data()
     assert (tmp_path / "shapes" / "VOCdevkit" / "VOC2012" / "ImageSets" / "Main" / "test.txt").is_file()

@@ -1,4 +1,5 @@
 """Decoding + class-aware NMS on hand-made prediction maps; mAP on hand-made detections."""
+
 from __future__ import annotations
 
 import math
@@ -86,8 +87,13 @@ HAND_AP = (51 * 1.0 + 50 * (2 / 3)) / 101
 
 def _hand_case():
     gts = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]), "labels": torch.tensor([0, 0])}]
-    preds = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 31]]),
-              "scores": torch.tensor([0.9, 0.8, 0.7]), "labels": torch.tensor([0, 0, 0])}]
+    preds = [
+        {
+            "boxes": torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 31]]),
+            "scores": torch.tensor([0.9, 0.8, 0.7]),
+            "labels": torch.tensor([0, 0, 0]),
+        }
+    ]
     return preds, gts
 
 
@@ -133,8 +139,14 @@ def test_module_update_metrics_decodes_and_scores_in_original_image_coordinates(
     _set(p, 0, 0, 0, cls=0)  # [8, 8, 24, 24] at 64 px
     _set(p, 0, 1, 1, cls=1)  # [40, 40, 56, 56]
     images = torch.zeros(1, 3, 64, 64)
-    targets = [{"boxes": torch.tensor([[8.0, 8, 24, 24], [40, 40, 56, 56]]), "labels": torch.tensor([0, 1]),
-                "iscrowd": torch.tensor([0, 0]), "orig_size": torch.tensor([128, 256])}]
+    targets = [
+        {
+            "boxes": torch.tensor([[8.0, 8, 24, 24], [40, 40, 56, 56]]),
+            "labels": torch.tensor([0, 1]),
+            "iscrowd": torch.tensor([0, 0]),
+            "orig_size": torch.tensor([128, 256]),
+        }
+    ]
     metrics = module.make_metrics()
     module.update_metrics(metrics, _flat(p), (images, targets))
     out = metrics.compute()

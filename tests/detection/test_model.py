@@ -1,4 +1,5 @@
 """The YOLO models: they quantize and convert, the SNN follows the ANN, the loss trains them."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +24,9 @@ def _scenes(n: int, seed: int = 0):
     for i in range(n):
         image, objects, _ = generate_scene(scene_rng(seed, "train", i), SIZE, 3)
         images.append(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255)
-        boxes = torch.tensor([[x0, y0, x1 + 1, y1 + 1] for x0, y0, x1, y1 in (o["bbox"] for o in objects)],
-                             dtype=torch.float32).reshape(-1, 4)
+        boxes = torch.tensor(
+            [[x0, y0, x1 + 1, y1 + 1] for x0, y0, x1, y1 in (o["bbox"] for o in objects)], dtype=torch.float32
+        ).reshape(-1, 4)
         labels = torch.tensor([o["label"] - 1 for o in objects], dtype=torch.long)
         targets.append({"boxes": boxes, "labels": labels, "iscrowd": torch.zeros_like(labels)})
     images = (torch.stack(images) - 0.45) / 0.225
@@ -101,6 +103,7 @@ def test_snn_first_layer_equals_the_quantized_ann_and_the_output_agrees(trained)
     assert node.neuron is not None
     assert torch.allclose(rate, captured["ann"], atol=1e-5)  # the first layer is exact
     assert (captured["ann"] > 0).float().mean() > 0.05  # ... and not trivially zero
+
     # the prediction map (the analog output layer on the mean over T) follows the ANN closely
     def rel_error(out):
         return ((out - ann_out).norm() / (ann_out - ann_out.mean()).norm()).item()

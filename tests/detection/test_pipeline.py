@@ -1,5 +1,6 @@
 """`task=detection` through the shared pipeline (train -> convert -> finetune -> results), shrunk to
 seconds; the paper recipes compose and instantiate."""
+
 from __future__ import annotations
 
 import json
@@ -16,12 +17,24 @@ from tasks.pipeline import _quantize, run
 from tests.helpers import CONF_DIR, compose_config
 
 TINY = [
-    "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
-    "+trainer.limit_test_batches=1", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-    "callbacks.progress_bar=null", "logger=none",
-    "data.splits={train:8,val:4,test:4}", "data.image_size=64", "data.batch_size=4", "data.val_batch_size=4",
-    "data.num_workers=0", "model.net.width=0.125",
-    "finetune.limit_batches=1", "finetune.limit_val_batches=1", "finetune.measure_batches=1", "finetune.progress=false",
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=1",
+    "+trainer.limit_test_batches=1",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "callbacks.progress_bar=null",
+    "logger=none",
+    "data.splits={train:8,val:4,test:4}",
+    "data.image_size=64",
+    "data.batch_size=4",
+    "data.val_batch_size=4",
+    "data.num_workers=0",
+    "model.net.width=0.125",
+    "finetune.limit_batches=1",
+    "finetune.limit_val_batches=1",
+    "finetune.measure_batches=1",
+    "finetune.progress=false",
 ]
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml") if "_yolo" in p.stem)
 
@@ -51,7 +64,7 @@ def test_tiny_end_to_end_run_writes_the_shared_results(tmp_path):
     assert (written["bits"], written["timesteps"], written["signed"]) == (2, 3, True)
     for key in ("ann", "snn", "snn_finetuned"):
         assert 0.0 <= written[key] <= 1.0
-    assert f"ann/test_map_50" in written["ann_metrics"] and "ann/test_map" in written["ann_metrics"]
+    assert "ann/test_map_50" in written["ann_metrics"] and "ann/test_map" in written["ann_metrics"]
     assert len(written["snn_per_step"]) == 3  # the mAP-vs-time curve
     assert written["finetune_layers"] and Path(written["snn_checkpoint"]).is_file()
     assert {"train", "test_ann", "convert_and_test_snn", "finetune"} <= set(written["time_s"])
@@ -59,8 +72,9 @@ def test_tiny_end_to_end_run_writes_the_shared_results(tmp_path):
 
 
 def test_yolo_r34_composes_and_runs_one_tiny_step(tmp_path):
-    cfg = _compose(tmp_path, "task=detection", "model=yolo_r34", "bits=2", "stages=[train,convert]",
-                   "+trainer.max_steps=1")
+    cfg = _compose(
+        tmp_path, "task=detection", "model=yolo_r34", "bits=2", "stages=[train,convert]", "+trainer.max_steps=1"
+    )
     results = run(cfg)
     assert results["model"] == "yolo_r34" and results["timesteps"] == 3
     assert results["ann"] is not None and results["snn"] is not None
@@ -68,10 +82,14 @@ def test_yolo_r34_composes_and_runs_one_tiny_step(tmp_path):
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_paper_recipes_compose_and_instantiate(tmp_path, experiment):
-    cfg = _compose(tmp_path, f"experiment={experiment}", "trainer.accelerator=cpu", "trainer.precision=32-true",
-                   tiny=False)
-    data_name, model_name, bits = experiment.split("_", 1)[0], experiment.split("_", 1)[1].rsplit("_", 1)[0], \
-        int(experiment[-4])
+    cfg = _compose(
+        tmp_path, f"experiment={experiment}", "trainer.accelerator=cpu", "trainer.precision=32-true", tiny=False
+    )
+    data_name, model_name, bits = (
+        experiment.split("_", 1)[0],
+        experiment.split("_", 1)[1].rsplit("_", 1)[0],
+        int(experiment[-4]),
+    )
     assert cfg.task.name == "detection" and cfg.model.name == model_name and cfg.bits == bits
     assert cfg.data.image_size == 416 and cfg.model.net.width == 1.0 and cfg.model.quant.weight_bits is None
     assert cfg.task.metric == ("map" if data_name == "coco" else "map_50") == cfg.task.module.metric

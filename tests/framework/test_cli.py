@@ -1,4 +1,5 @@
 """`python run.py ...` as users type it: multiruns and 2-process DDP (subprocesses)."""
+
 import json
 import os
 import subprocess
@@ -10,8 +11,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _run(tmp_path, *args, timeout=600):
     env = {**os.environ, "FASTSNN_ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_multirun_runs_one_job_per_value_and_survives_a_failing_job(tmp_path, tiny):

@@ -1,4 +1,5 @@
 """Every config group composes, and the paper recipes instantiate (they cannot run here)."""
+
 from pathlib import Path
 
 import lightning as L
@@ -9,19 +10,32 @@ from fastsnn import QuantReLU
 from tasks.pipeline import _quantize
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-CLASSIFICATION_EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")
-                                    if p.stem.startswith(("cifar", "imagenet")))
+CLASSIFICATION_EXPERIMENTS = sorted(
+    p.stem for p in (CONF / "experiment").glob("*.yaml") if p.stem.startswith(("cifar", "imagenet"))
+)
 
 
 def test_the_paper_recipes_exist():
-    assert {"cifar10_alexnet", "cifar10_vgg11", "cifar10_resnet18", "cifar10_resnet20", "imagenet_alexnet",
-            "imagenet_vgg16"} <= set(CLASSIFICATION_EXPERIMENTS)
+    assert {
+        "cifar10_alexnet",
+        "cifar10_vgg11",
+        "cifar10_resnet18",
+        "cifar10_resnet20",
+        "imagenet_alexnet",
+        "imagenet_vgg16",
+    } <= set(CLASSIFICATION_EXPERIMENTS)
 
 
 @pytest.mark.parametrize("experiment", CLASSIFICATION_EXPERIMENTS)
 def test_classification_experiments_compose_and_instantiate(make_config, experiment):
-    cfg = make_config(f"experiment={experiment}", "trainer.accelerator=cpu", "trainer.devices=1",
-                      "trainer.strategy=auto", "trainer.precision=32-true", tiny=False)
+    cfg = make_config(
+        f"experiment={experiment}",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "trainer.strategy=auto",
+        "trainer.precision=32-true",
+        tiny=False,
+    )
     assert cfg.bits == 4 and cfg.model.net.width == 1.0
     data = instantiate(cfg.data)  # no data on disk: constructing must not touch it
     net = instantiate(cfg.model.net, num_classes=data.num_classes, in_channels=data.in_channels)

@@ -1,4 +1,5 @@
 """The stages, run in-process on the real config (digits, tiny VGG-11, a few batches)."""
+
 import json
 import logging
 from pathlib import Path
@@ -9,8 +10,22 @@ import torch
 from tasks.pipeline import run
 from tasks.settings import SettingsError
 
-RESULT_KEYS = {"task", "model", "data", "bits", "timesteps", "signed", "metric", "ann", "snn", "snn_finetuned",
-               "snn_per_step", "spike_rate", "sops", "energy_ratio"}
+RESULT_KEYS = {
+    "task",
+    "model",
+    "data",
+    "bits",
+    "timesteps",
+    "signed",
+    "metric",
+    "ann",
+    "snn",
+    "snn_finetuned",
+    "snn_per_step",
+    "spike_rate",
+    "sops",
+    "energy_ratio",
+}
 
 
 def test_default_run_trains_converts_finetunes_and_writes_results(make_config):

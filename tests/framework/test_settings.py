@@ -5,17 +5,27 @@ from tasks.settings import DEFAULT_BITS, SettingsError, resolve
 ALL = ["train", "convert", "finetune"]
 
 
-@pytest.mark.parametrize("bits, timesteps, expected", [
-    (3, None, (3, 7)), (None, 7, (3, 7)), (None, 3, (2, 3)), (None, 15, (4, 15)), (2, 3, (2, 3)),
-    (None, None, (DEFAULT_BITS, 2**DEFAULT_BITS - 1)), (1, None, (1, 1)),
-])
+@pytest.mark.parametrize(
+    "bits, timesteps, expected",
+    [
+        (3, None, (3, 7)),
+        (None, 7, (3, 7)),
+        (None, 3, (2, 3)),
+        (None, 15, (4, 15)),
+        (2, 3, (2, 3)),
+        (None, None, (DEFAULT_BITS, 2**DEFAULT_BITS - 1)),
+        (1, None, (1, 1)),
+    ],
+)
 def test_one_of_bits_and_timesteps_selects_the_other(bits, timesteps, expected):
     s = resolve(bits, timesteps, ALL)
     assert (s.bits, s.timesteps) == expected
 
 
 def test_inconsistent_bits_and_timesteps_are_an_error_when_training():
-    with pytest.raises(SettingsError, match=r"bits=3 gives T=7 time steps but timesteps=15.*stages=\[convert,finetune\]"):
+    with pytest.raises(
+        SettingsError, match=r"bits=3 gives T=7 time steps but timesteps=15.*stages=\[convert,finetune\]"
+    ):
         resolve(3, 15, ALL)
 
 
@@ -44,9 +54,15 @@ def test_full_precision_needs_timesteps_to_convert():
     assert resolve(32, 31, ALL).timesteps == 31
 
 
-@pytest.mark.parametrize("stages, pattern", [
-    (["finetune"], "convert"), (["convert", "train"], "order"), (["eval"], "subset"), ([], "subset"),
-])
+@pytest.mark.parametrize(
+    "stages, pattern",
+    [
+        (["finetune"], "convert"),
+        (["convert", "train"], "order"),
+        (["eval"], "subset"),
+        ([], "subset"),
+    ],
+)
 def test_bad_stage_lists(stages, pattern):
     with pytest.raises(SettingsError, match=pattern):
         resolve(2, None, stages)

@@ -46,8 +46,12 @@ def test_task_segmentation_picks_deeplabv3_on_the_synthetic_data():
     assert _compose().model.name != "deeplabv3"
 
 
-RECIPES = {"voc_deeplabv1": (VOCSegDataModule, DeepLabV1, 21), "voc_deeplabv3": (VOCSegDataModule, DeepLabV3, 21),
-           "coco_deeplabv1": (COCOSegDataModule, DeepLabV1, 81), "coco_deeplabv3": (COCOSegDataModule, DeepLabV3, 81)}
+RECIPES = {
+    "voc_deeplabv1": (VOCSegDataModule, DeepLabV1, 21),
+    "voc_deeplabv3": (VOCSegDataModule, DeepLabV3, 21),
+    "coco_deeplabv1": (COCOSegDataModule, DeepLabV1, 81),
+    "coco_deeplabv3": (COCOSegDataModule, DeepLabV3, 81),
+}
 
 
 @pytest.mark.parametrize("experiment", sorted(RECIPES))

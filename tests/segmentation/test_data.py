@@ -1,5 +1,6 @@
 """Segmentation data: VOC / COCO readers on tiny fixtures in the real formats, the synthetic
 shapes data, joint augmentation and the errors for bad input."""
+
 import json
 from pathlib import Path
 
@@ -64,8 +65,9 @@ def _write_voc(root: Path, splits: dict, aug_ids=(), sizes=None) -> dict:
 
 
 def _plain(dm_cls, root, **kw):
-    return dm_cls(root, batch_size=2, eval_batch_size=2, num_workers=0, crop_size=None, scale_range=None,
-                  flip=False, **kw)
+    return dm_cls(
+        root, batch_size=2, eval_batch_size=2, num_workers=0, crop_size=None, scale_range=None, flip=False, **kw
+    )
 
 
 def test_voc_reader_loads_palette_pngs_through_torchvision(tmp_path):
@@ -169,24 +171,54 @@ def _coco_anns():
     rle["counts"] = rle["counts"].decode("ascii")
     return [
         # a large person with a small toothbrush on it: the smaller one must stay visible
-        {"id": 10, "image_id": 1, "category_id": 1, "segmentation": _box(2, 2, 30, 25), "area": 644.0,
-         "bbox": [2, 2, 28, 23], "iscrowd": 0},
-        {"id": 11, "image_id": 1, "category_id": 90, "segmentation": _box(10, 10, 16, 16), "area": 36.0,
-         "bbox": [10, 10, 6, 6], "iscrowd": 0},
+        {
+            "id": 10,
+            "image_id": 1,
+            "category_id": 1,
+            "segmentation": _box(2, 2, 30, 25),
+            "area": 644.0,
+            "bbox": [2, 2, 28, 23],
+            "iscrowd": 0,
+        },
+        {
+            "id": 11,
+            "image_id": 1,
+            "category_id": 90,
+            "segmentation": _box(10, 10, 16, 16),
+            "area": 36.0,
+            "bbox": [10, 10, 6, 6],
+            "iscrowd": 0,
+        },
         # a car given as compressed RLE
-        {"id": 12, "image_id": 1, "category_id": 3, "segmentation": rle, "area": 70.0,
-         "bbox": [32, 18, 7, 10], "iscrowd": 0},
+        {
+            "id": 12,
+            "image_id": 1,
+            "category_id": 3,
+            "segmentation": rle,
+            "area": 70.0,
+            "bbox": [32, 18, 7, 10],
+            "iscrowd": 0,
+        },
         # a crowd of people as uncompressed RLE -> ignore
-        {"id": 13, "image_id": 1, "category_id": 1, "segmentation": _uncompressed_rle(_crowd_region()),
-         "area": 32.0, "bbox": [0, 26, 8, 4], "iscrowd": 1},
+        {
+            "id": 13,
+            "image_id": 1,
+            "category_id": 1,
+            "segmentation": _uncompressed_rle(_crowd_region()),
+            "area": 32.0,
+            "bbox": [0, 26, 8, 4],
+            "iscrowd": 1,
+        },
     ]
 
 
 def _write_coco(root: Path, split: str, anns, images=None, categories=CATEGORIES, real_size=(CW, CH)):
     (root / split).mkdir(parents=True, exist_ok=True)
     (root / "annotations").mkdir(exist_ok=True)
-    images = images or [{"id": 1, "file_name": "000000000001.jpg", "width": CW, "height": CH},
-                        {"id": 2, "file_name": "000000000002.jpg", "width": CW, "height": CH}]
+    images = images or [
+        {"id": 1, "file_name": "000000000001.jpg", "width": CW, "height": CH},
+        {"id": 2, "file_name": "000000000002.jpg", "width": CW, "height": CH},
+    ]
     for info in images:
         Image.new("RGB", real_size, (90, 120, 30)).save(root / split / info["file_name"])
     data = {"images": images, "annotations": anns, "categories": categories}
@@ -320,8 +352,10 @@ def test_random_scale_resizes_masks_with_nearest_neighbours():
 
 
 def test_pad_collate_pads_images_with_zero_and_masks_with_ignore():
-    batch = [(torch.ones(3, 4, 5), torch.zeros(4, 5, dtype=torch.int64)),
-             (torch.ones(3, 6, 3), torch.ones(6, 3, dtype=torch.int64))]
+    batch = [
+        (torch.ones(3, 4, 5), torch.zeros(4, 5, dtype=torch.int64)),
+        (torch.ones(3, 6, 3), torch.ones(6, 3, dtype=torch.int64)),
+    ]
     images, masks = pad_collate(batch)
     assert images.shape == (2, 3, 6, 5) and masks.shape == (2, 6, 5) and masks.dtype == torch.int64
     assert torch.all(images[0, :, 4:] == 0) and torch.all(masks[0, 4:] == 255)

@@ -1,4 +1,5 @@
 """Loss and metrics of the segmentation task on hand-made masks."""
+
 import pytest
 import torch
 from torch import nn
@@ -19,10 +20,8 @@ def _module(num_classes: int) -> SegmentationModule:
 
 def test_miou_and_pixel_accuracy_match_a_hand_computed_value_with_ignored_pixels():
     # Two images; the last two pixels of image 0 are ignored (their predictions must not count).
-    target = torch.tensor([[[0, 0, 1, 1], [2, 2, IGNORE, IGNORE]],
-                           [[3, 3, 0, 0], [0, 0, 0, 0]]])
-    pred = torch.tensor([[[0, 1, 1, 1], [2, 0, 2, 1]],
-                         [[3, 0, 0, 0], [0, 0, 0, 3]]])
+    target = torch.tensor([[[0, 0, 1, 1], [2, 2, IGNORE, IGNORE]], [[3, 3, 0, 0], [0, 0, 0, 0]]])
+    pred = torch.tensor([[[0, 1, 1, 1], [2, 0, 2, 1]], [[3, 0, 0, 0], [0, 0, 0, 3]]])
     # dataset-level confusion (rows: truth, cols: prediction) over the 14 counted pixels:
     # class 0: tp 1+5=6, fp (1,1 of img0; 0,1 of img1)=2, fn (0,1 of img0; 1,3 of img1)=2 -> 6/10
     # class 1: tp 2, fp 1 (img0 0,1), fn 0 -> 2/3
@@ -35,7 +34,7 @@ def test_miou_and_pixel_accuracy_match_a_hand_computed_value_with_ignored_pixels
     metrics = module.make_metrics()
     # two updates (one image each): the metric is accumulated over the data set, not per image
     for i in range(2):
-        module.update_metrics(metrics, _one_hot_logits(pred[i:i + 1], 5), (None, target[i:i + 1]))
+        module.update_metrics(metrics, _one_hot_logits(pred[i : i + 1], 5), (None, target[i : i + 1]))
     values = module._compute(metrics)
     assert values["miou"].item() == pytest.approx(expected_miou, abs=1e-6)
     assert values["pixel_acc"].item() == pytest.approx(expected_acc, abs=1e-6)

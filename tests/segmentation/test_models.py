@@ -1,4 +1,5 @@
 """DeepLab models: tracing, conversion (concat, average pooling, upsampling), exactness."""
+
 import pytest
 import torch
 from torch import nn

@@ -1,4 +1,5 @@
 """The segmentation task through the shared stages (train -> convert -> finetune -> results)."""
+
 import json
 from pathlib import Path
 
@@ -8,12 +9,24 @@ from tasks.pipeline import run
 from tests.helpers import compose_config
 
 TINY = [
-    "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
-    "+trainer.limit_test_batches=1", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-    "callbacks.progress_bar=null", "logger=none", "model.net.width=0.125",
-    "finetune.limit_batches=1", "finetune.limit_val_batches=1", "finetune.measure_batches=1",
-    "finetune.progress=false", "data.batch_size=4", "data.eval_batch_size=4", "data.crop_size=64",
-    "data.progress=false", "+data.splits={train: 8, val: 4, test: 4}",
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=1",
+    "+trainer.limit_test_batches=1",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "callbacks.progress_bar=null",
+    "logger=none",
+    "model.net.width=0.125",
+    "finetune.limit_batches=1",
+    "finetune.limit_val_batches=1",
+    "finetune.measure_batches=1",
+    "finetune.progress=false",
+    "data.batch_size=4",
+    "data.eval_batch_size=4",
+    "data.crop_size=64",
+    "data.progress=false",
+    "+data.splits={train: 8, val: 4, test: 4}",
 ]
 
 
