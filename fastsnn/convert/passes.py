@@ -1,0 +1,109 @@
+"""Graph passes on the quantized ANN and on the converted graph.
+
+Tracing (quantized layers kept as leaves), freezing quantized weights, folding eval batch
+norm into the layer before it, and splitting a converted graph into its analog-input part
+and one time step (streaming mode).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+from torch.nn import functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+from ..quant import QuantConv2d, QuantLinear, QuantReLU
+from .rules import ConversionError
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (QuantReLU, QuantConv2d, QuantLinear)) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """``torch.fx`` trace of ``model`` that keeps the quantized layers as leaves."""
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as err:  # fx raises many types; all mean the same thing to the user
+        raise ConversionError(
+            f"could not trace {type(model).__name__} with torch.fx ({type(err).__name__}: {err}). "
+            "The converter needs a forward without Python control flow on tensor values or "
+            "shapes; move such logic (e.g. decoding, loss) out of forward()."
+        ) from err
+    return fx.GraphModule(model, graph, class_name=type(model).__name__)
+
+
+def _freeze_quantized_weights(model: nn.Module) -> None:
+    """QuantConv2d / QuantLinear -> plain layers holding their quantized weights."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, (QuantConv2d, QuantLinear)):
+            if isinstance(m, QuantConv2d):
+                new = nn.Conv2d(
+                    m.in_channels,
+                    m.out_channels,
+                    m.kernel_size,
+                    m.stride,
+                    m.padding,
+                    m.dilation,
+                    m.groups,
+                    m.bias is not None,
+                    m.padding_mode,
+                )
+            else:
+                new = nn.Linear(m.in_features, m.out_features, m.bias is not None)
+            new = new.to(device=m.weight.device, dtype=m.weight.dtype)
+            with torch.no_grad():
+                new.weight.copy_(m.quantized_weight())
+                if m.bias is not None:
+                    new.bias.copy_(m.bias)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def _fold_batch_norms(gm: fx.GraphModule) -> None:
+    """Fold eval batch norm into the conv / linear layer before it (exact, saves T passes)."""
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), nn.modules.batchnorm._BatchNorm):
+            continue
+        prev = node.args[0]
+        if not (
+            isinstance(prev, fx.Node)
+            and prev.op == "call_module"
+            and len(prev.users) == 1
+            and calls[prev.target] == 1
+            and calls[node.target] == 1
+        ):
+            continue
+        layer, bn = gm.get_submodule(prev.target), gm.get_submodule(node.target)
+        if not bn.track_running_stats or bn.running_mean is None:
+            continue
+        if type(layer) is nn.Conv2d or type(layer) is nn.Conv1d or type(layer) is nn.Conv3d:
+            fused = fuse_conv_bn_eval(layer.eval(), bn.eval())
+        elif type(layer) is nn.Linear and isinstance(bn, nn.BatchNorm1d):
+            fused = fuse_linear_bn_eval(layer.eval(), bn.eval())
+        else:
+            continue
+        parent, _, child = prev.target.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, child, fused)
+        node.replace_all_uses_with(prev)
+        gm.graph.erase_node(node)
+    gm.delete_all_unused_submodules()
+
+
+def _reaches(gm: fx.GraphModule, hit) -> dict[fx.Node, bool]:
+    """For every node: does some path from it lead to a node for which ``hit(node)``?"""
+    reaches: dict[fx.Node, bool] = {}
+    for node in reversed(gm.graph.nodes):
+        reaches[node] = any(hit(u) or reaches[u] for u in node.users)
+    return reaches
+
+
+def _has_weights(node: fx.Node, gm: fx.GraphModule) -> bool:
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), (nn.modules.conv._ConvNd, nn.Linear))
+    return node.target in (F.conv1d, F.conv2d, F.conv3d, F.linear)

@@ -1,0 +1,232 @@
+"""What may run between neuron layers: the ops linear per time step, and the refusals.
+
+Between two neuron layers every op sees spike trains, so only ops that are linear (or
+affine) per time step keep the SNN faithful to the ANN. The registries below list them;
+``register_linear_module`` / ``register_linear_function`` extend them for custom code.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import fx, nn
+from torch.nn import functional as F
+
+
+class ConversionError(ValueError):
+    """The model cannot be converted faithfully; the message says where and what to do."""
+
+
+# --------------------------------------------------------------------------- what is linear
+
+_LINEAR_MODULES: tuple[type, ...] = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.Identity,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.Upsample,
+    nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
+    nn.ZeroPad1d,
+    nn.ZeroPad2d,
+    nn.ZeroPad3d,
+    nn.ConstantPad1d,
+    nn.ConstantPad2d,
+    nn.ConstantPad3d,
+    nn.PixelShuffle,
+    nn.PixelUnshuffle,
+)
+_LINEAR_FUNCTIONS = {
+    operator.add,
+    operator.sub,
+    operator.neg,
+    operator.pos,
+    operator.getitem,
+    getattr,
+    torch.add,
+    torch.sub,
+    torch.neg,
+    torch.cat,
+    torch.concat,
+    torch.stack,
+    torch.flatten,
+    torch.reshape,
+    torch.squeeze,
+    torch.unsqueeze,
+    torch.transpose,
+    torch.permute,
+    torch.chunk,
+    torch.split,
+    torch.narrow,
+    torch.sum,
+    torch.mean,
+    F.interpolate,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.pad,
+    F.conv1d,
+    F.conv2d,
+    F.conv3d,
+    F.linear,
+    F.pixel_shuffle,
+    F.pixel_unshuffle,
+    F.dropout,
+}
+_LINEAR_METHODS = {
+    "view",
+    "reshape",
+    "flatten",
+    "unflatten",
+    "size",
+    "dim",
+    "permute",
+    "transpose",
+    "contiguous",
+    "chunk",
+    "split",
+    "squeeze",
+    "unsqueeze",
+    "narrow",
+    "add",
+    "sub",
+    "neg",
+    "mean",
+    "sum",
+    "to",
+    "type_as",
+    "clone",
+    "float",
+    "view_as",
+    "reshape_as",
+}
+# products and quotients are linear only while a single operand carries spikes
+_SCALING = {operator.mul, operator.truediv, torch.mul, torch.div, "mul", "div"}
+_MAX_POOLING = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+)
+_MAX_POOLING_FUNCTIONS = {
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+    torch.max_pool2d,
+}
+
+
+def register_linear_module(cls: type) -> type:
+    """Declare a custom module type linear per time step (usable as a class decorator).
+
+    Only do this for modules whose output is a linear (or affine) function of their input
+    for every sample: the converter runs them on spike trains.
+    """
+    global _LINEAR_MODULES
+    _LINEAR_MODULES = (*_LINEAR_MODULES, cls)
+    return cls
+
+
+def register_linear_function(fn):
+    """Declare a function (called in some ``forward``) linear per time step."""
+    _LINEAR_FUNCTIONS.add(fn)
+    return fn
+
+
+def _where(node: fx.Node) -> str:
+    """Module path and type of the code that created ``node``, for error messages."""
+    if node.op == "call_module":
+        return f"module '{node.target}'"
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path, (_, cls) = list(stack.items())[-1]
+        cls_name = cls if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
+        return f"the forward of module '{path}' ({cls_name.rsplit('.', 1)[-1]})"
+    return "the model's top-level forward"
+
+
+def _op_name(node: fx.Node, gm: fx.GraphModule) -> str:
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)).__name__
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    return getattr(node.target, "__qualname__", str(node.target))
+
+
+def _check_spiking_op(node: fx.Node, gm: fx.GraphModule, temporal: set[fx.Node]) -> None:
+    """Refuse ``node`` (between two neuron layers) unless it is linear per time step."""
+    where, op = _where(node), _op_name(node, gm)
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        if isinstance(m, _MAX_POOLING):
+            raise ConversionError(
+                f"{where} is max pooling ({op}) between spiking layers; max pooling of spike "
+                "trains is not the max of their rates. Use a stride-2 convolution or nn.AvgPool2d."
+            )
+        if type(m) is nn.ReLU:
+            raise ConversionError(
+                f"{where} is a plain nn.ReLU: quantize the model first (fastsnn.quantize_model) "
+                "so that it becomes a QuantReLU."
+            )
+        if isinstance(m, _LINEAR_MODULES):
+            return
+        raise ConversionError(
+            f"{where} ({op}) sits between spiking layers and is not known to be linear per time "
+            "step. Only QuantReLU may be nonlinear there: replace it (e.g. by nn.ReLU + "
+            "quantize_model), move it after the output layer, or, if it is linear, declare it "
+            "with fastsnn.register_linear_module."
+        )
+    if node.target in _MAX_POOLING_FUNCTIONS:
+        raise ConversionError(
+            f"{where} calls max pooling ({op}) between spiking layers. Use a stride-2 convolution "
+            "or average pooling instead."
+        )
+    if node.target in _SCALING:
+        operands = [a for a in node.args if isinstance(a, fx.Node) and a in temporal]
+        divisor_spikes = (
+            node.target in (operator.truediv, torch.div, "div") and len(node.args) > 1 and node.args[1] in temporal
+        )
+        if len(operands) <= 1 and not divisor_spikes:
+            return
+        raise ConversionError(
+            f"{where} multiplies or divides two spike-carrying tensors ({op}); that is not linear "
+            "per time step. Only scaling by a constant or by a function of the analog input works."
+        )
+    if node.target in _LINEAR_FUNCTIONS or (node.op == "call_method" and node.target in _LINEAR_METHODS):
+        if node.target is F.dropout and node.kwargs.get("training", False):
+            raise ConversionError(f"{where} applies dropout in training mode; put the model in eval().")
+        return
+    raise ConversionError(
+        f"{where} applies {op} between spiking layers, which is not linear per time step (a "
+        "functional relu, sigmoid, GELU, ... cannot run on spike trains). Write ReLUs as "
+        "nn.ReLU modules so quantize_model makes them QuantReLU, or, if the function is linear, "
+        "declare it with fastsnn.register_linear_function."
+    )
