@@ -2,7 +2,7 @@
 
 Every module yields ``(images float32 [B, C, H, W] normalised, labels int64 [B])`` and exposes
 ``num_classes``, ``in_channels`` and ``image_size`` right after construction so that models can be
-built before ``setup``. Nothing is ever downloaded: missing or malformed data raises
+built before ``setup``; loaders and loader settings come from :class:`~tasks.common.data.DataModule`. Nothing is ever downloaded: missing or malformed data raises
 :class:`~tasks.common.data.DataError` with the expected layout and the data's source.
 """
 
@@ -21,7 +21,8 @@ from torchvision import transforms as T
 from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from tasks.common.data import DataError, SplitDataModule, data_error, require_paths
+from tasks.common.constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD
+from tasks.common.data import DataError, DataModule, data_error, flip_probability, require_paths
 
 __all__ = ["DigitsDataModule", "CIFARDataModule", "ImageNetDataModule"]
 
@@ -61,7 +62,7 @@ class _TransformedTensorDataset(Dataset):
         return self.transform(self.images[i]), self.labels[i]
 
 
-class DigitsDataModule(SplitDataModule):
+class DigitsDataModule(DataModule):
     """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes, no download).
 
     A fixed stratified train/val/test split (seeded by ``split_seed`` only, independent of the
@@ -82,34 +83,35 @@ class DigitsDataModule(SplitDataModule):
         split_seed: int = 0,
         augment: bool = False,
         pin_memory: bool = False,
+        eval_batch_size: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory)
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
             raise ValueError(
                 f"need 0 < val_fraction, test_fraction and val_fraction + test_fraction < 1, "
                 f"got {val_fraction}, {test_fraction}"
             )
         self.image_size = int(image_size)
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed
         self.augment = augment
-        self.pin_memory = pin_memory
         self.num_classes = 10
         self.in_channels = 1
         self.split_indices: dict[str, np.ndarray] | None = None
         self.mean: float | None = None
         self.std: float | None = None
-        self.train_dataset = self.val_dataset = self.test_dataset = None
 
     def prepare_data(self) -> None:
         """Nothing to do: the data ships with scikit-learn."""
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_dataset is not None:
-            return
+    def _dataset(self, split: str) -> Dataset:
+        # The three splits are made together (one split, one normalisation): all are there from now on.
+        self.datasets.update(self._build())
+        return self.datasets[split]
+
+    def _build(self) -> dict[str, Dataset]:
+        """All three splits at once: the split and the normalisation are computed together."""
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
 
@@ -141,11 +143,10 @@ class DigitsDataModule(SplitDataModule):
         if self.augment:
             # Background (pixel 0) after normalisation, so shifted-in borders look like background.
             shift = _RandomShift(self.image_size // 8, fill=-self.mean / self.std)
-            self.train_dataset = _TransformedTensorDataset(train_x, train_y, shift)
+            train = _TransformedTensorDataset(train_x, train_y, shift)
         else:
-            self.train_dataset = TensorDataset(train_x, train_y)
-        self.val_dataset = TensorDataset(*subset("val"))
-        self.test_dataset = TensorDataset(*subset("test"))
+            train = TensorDataset(train_x, train_y)
+        return {"train": train, "val": TensorDataset(*subset("val")), "test": TensorDataset(*subset("test"))}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,8 +166,8 @@ _CIFAR_SPECS: dict[str, dict[str, Any]] = {
         "meta_key": "label_names",
         "label_key": "labels",
         "num_classes": 10,
-        "mean": (0.4914, 0.4822, 0.4465),
-        "std": (0.2470, 0.2435, 0.2616),
+        "mean": CIFAR10_MEAN,
+        "std": CIFAR10_STD,
     },
     "cifar100": {
         "name": "CIFAR-100",
@@ -178,8 +179,8 @@ _CIFAR_SPECS: dict[str, dict[str, Any]] = {
         "meta_key": "fine_label_names",
         "label_key": "fine_labels",
         "num_classes": 100,
-        "mean": (0.5071, 0.4865, 0.4409),
-        "std": (0.2673, 0.2564, 0.2762),
+        "mean": CIFAR100_MEAN,
+        "std": CIFAR100_STD,
     },
 }
 
@@ -302,13 +303,14 @@ class _CheckedCIFAR100(_CheckedCIFARMixin, CIFAR100):
 _CIFAR_DATASETS = {"cifar10": _CheckedCIFAR10, "cifar100": _CheckedCIFAR100}
 
 
-class CIFARDataModule(SplitDataModule):
+class CIFARDataModule(DataModule):
     """CIFAR-10 / CIFAR-100 from the official python pickle batches under ``root``.
 
     Expected layout: ``root/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}`` or
     ``root/cifar-100-python/{train, test, meta}``. Validation and test both use the official test
-    set (there is no separate validation split, as in the Fast-SNN paper). Train augmentation is
-    RandomCrop(32, padding=4) + horizontal flip; normalisation uses the usual per-variant mean/std.
+    set (there is no separate validation split, as in the Fast-SNN paper). Train augmentation
+    (``augment``) is a random 32 px crop of the image padded by ``crop_padding`` pixels and a
+    horizontal flip with probability ``flip``; normalisation uses the usual per-variant mean/std.
     """
 
     def __init__(
@@ -319,30 +321,28 @@ class CIFARDataModule(SplitDataModule):
         num_workers: int = 4,
         augment: bool = True,
         pin_memory: bool = False,
+        eval_batch_size: int | None = None,
+        flip: float = 0.5,
+        crop_padding: int = 4,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory)
         if variant not in _CIFAR_SPECS:
             raise ValueError(f"variant must be one of {sorted(_CIFAR_SPECS)}, got {variant!r}")
         self.root = Path(root).expanduser()
         self.variant = variant
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.augment = augment
-        self.pin_memory = pin_memory
+        self.flip = flip_probability(flip)
+        self.crop_padding = int(crop_padding)
         spec = _CIFAR_SPECS[variant]
         self.num_classes = spec["num_classes"]
         self.in_channels = 3
         self.image_size = 32
         self.mean, self.std = spec["mean"], spec["std"]
-        self.train_dataset = self.test_dataset = None
-
-    @property
-    def val_dataset(self):
-        # Validation uses the official test batch.
-        return self.test_dataset
 
     def _transforms(self, train: bool):
-        ops = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if train and self.augment else []
+        ops = []
+        if train and self.augment:
+            ops = [T.RandomCrop(32, padding=self.crop_padding), T.RandomHorizontalFlip(self.flip)]
         return T.Compose(ops + [T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     def prepare_data(self) -> None:
@@ -353,16 +353,12 @@ class CIFARDataModule(SplitDataModule):
         spec = _CIFAR_SPECS[self.variant]
         require_paths(self.root, _cifar_files(spec), spec["name"], _cifar_layout(spec), CIFAR_SOURCE)
 
-    def setup(self, stage: str | None = None) -> None:
-        need_train = stage in (None, "fit")
-        if self.test_dataset is not None and (self.train_dataset is not None or not need_train):
-            return
+    def _dataset(self, split: str) -> Dataset:
+        if split == "val":  # validation uses the official test batch
+            return self.dataset("test")
         self._check_layout()
-        cls = _CIFAR_DATASETS[self.variant]
-        if need_train and self.train_dataset is None:
-            self.train_dataset = cls(self.root, train=True, transform=self._transforms(train=True))
-        if self.test_dataset is None:
-            self.test_dataset = cls(self.root, train=False, transform=self._transforms(train=False))
+        train = split == "train"
+        return _CIFAR_DATASETS[self.variant](self.root, train=train, transform=self._transforms(train=train))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -384,8 +380,6 @@ val/
         ILSVRC2012_val_00000293.JPEG
         ...
     ... (same class folders as train/)"""
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _class_folders(directory: Path) -> list[str]:
@@ -394,14 +388,15 @@ def _class_folders(directory: Path) -> list[str]:
         return sorted(entry.name for entry in it if entry.is_dir())
 
 
-class ImageNetDataModule(SplitDataModule):
+class ImageNetDataModule(DataModule):
     """ImageNet (ILSVRC2012) as ``torchvision.datasets.ImageFolder`` on ``root/train`` and ``root/val``.
 
     ``root/val`` must use the same class-folder layout as ``root/train``: the official flat
     validation images have to be re-arranged into class folders first (e.g. with the common
     ``valprep.sh`` script). The test set is the validation set. ``num_classes`` is the number of
     class folders in ``root/train``; when ``root/train`` does not exist yet at construction time the
-    ``num_classes`` argument is used and checked against the folders in ``setup``.
+    ``num_classes`` argument is used and checked against the folders in ``setup``. Training
+    augmentation (``augment``): a random resized crop and a horizontal flip with probability ``flip``.
     """
 
     def __init__(
@@ -413,27 +408,22 @@ class ImageNetDataModule(SplitDataModule):
         augment: bool = True,
         num_classes: int = 1000,
         pin_memory: bool = False,
+        eval_batch_size: int | None = None,
+        flip: float = 0.5,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory)
         self.root = Path(root).expanduser()
         self.image_size = int(image_size)
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.augment = augment
-        self.pin_memory = pin_memory
+        self.flip = flip_probability(flip)
         self.in_channels = 3
         train_dir = self.root / "train"
         # Cheap listing so models can be sized before setup; the error (if any) is raised in setup.
         self.num_classes = len(_class_folders(train_dir)) if train_dir.is_dir() else int(num_classes)
-        self.train_dataset = self.val_dataset = None
-
-    @property
-    def test_dataset(self):
-        return self.val_dataset
 
     def _transforms(self, train: bool):
         if train and self.augment:
-            ops = [T.RandomResizedCrop(self.image_size), T.RandomHorizontalFlip()]
+            ops = [T.RandomResizedCrop(self.image_size), T.RandomHorizontalFlip(self.flip)]
         else:
             # Standard 0.875 centre-crop ratio (256 -> 224).
             ops = [T.Resize(int(self.image_size / 0.875)), T.CenterCrop(self.image_size)]
@@ -479,12 +469,8 @@ class ImageNetDataModule(SplitDataModule):
         except FileNotFoundError as e:  # raised by ImageFolder for class folders without images
             raise self._error(f"{self.root / split}: {e} (supported extensions: {', '.join(IMG_EXTENSIONS)})") from e
 
-    def setup(self, stage: str | None = None) -> None:
-        need_train = stage in (None, "fit")
-        if self.val_dataset is not None and (self.train_dataset is not None or not need_train):
-            return
+    def _dataset(self, split: str) -> Dataset:
+        if split == "test":  # the test set is the validation set
+            return self.dataset("val")
         self._check_layout()
-        if need_train and self.train_dataset is None:
-            self.train_dataset = self._folder("train", train=True)
-        if self.val_dataset is None:
-            self.val_dataset = self._folder("val", train=False)
+        return self._folder(split, train=split == "train")

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tasks.common.constants import IGNORE_INDEX
+
 __all__ = [
     "SHAPE_CLASSES",
     "VOC_SUBDIR",
@@ -47,7 +49,6 @@ MANIFEST_NAME = "shapes.json"
 #: Bump whenever the generator's output changes, so stale caches are detected.
 GENERATOR_VERSION = 1
 DEFAULT_SPLITS: dict[str, int] = {"train": 1200, "val": 200, "test": 200}
-IGNORE_INDEX = 255
 
 JPEG_QUALITY = 95
 _SUPERSAMPLE = 4  # sub-pixels per axis for anti-aliased coverage
@@ -223,6 +224,27 @@ def _pick_colour(rng: np.random.Generator, local_mean: np.ndarray) -> np.ndarray
     return best
 
 
+def _visible(cands, size: int) -> list:
+    """The candidates ``(cls, coverage, full_area)`` visible enough to keep, in drawing order,
+    as ``(cls, coverage, visible mask, truncated)``.
+
+    Visibility is decided before painting, so a dropped object never appears unlabelled.
+    Back to front: only kept later objects occlude, so a single pass is exact.
+    """
+    covered = np.zeros((size, size), dtype=bool)
+    kept = []
+    for cls, cov, full_area in reversed(cands):
+        hard = cov >= 0.5
+        vis = hard & ~covered
+        n_vis = int(vis.sum())
+        # The eroded test guarantees pixels outside the 255 band, i.e. a label in the PNG.
+        if full_area > 0 and n_vis >= _MIN_VISIBLE * full_area and int(_erode(vis).sum()) >= 0.25 * full_area:
+            covered |= hard
+            kept.append((cls, cov, vis, hard.sum() < full_area))
+    kept.reverse()
+    return kept
+
+
 def generate_scene(rng: np.random.Generator, image_size: int = 128, max_objects: int = 4):
     """Draw one scene; a pure function of ``rng`` (shared by detection and segmentation).
 
@@ -250,20 +272,7 @@ def generate_scene(rng: np.random.Generator, image_size: int = 128, max_objects:
         cov, full_area = _coverage(cls, cx, cy, radius, angle, size)
         cands.append((cls, cov, full_area))
 
-    # Decide visibility before painting, so a dropped object never appears unlabelled.
-    # Back to front: only kept later objects occlude, so a single pass is exact.
-    covered = np.zeros((size, size), dtype=bool)
-    kept = []
-    for cls, cov, full_area in reversed(cands):
-        hard = cov >= 0.5
-        vis = hard & ~covered
-        n_vis = int(vis.sum())
-        # The eroded test guarantees pixels outside the 255 band, i.e. a label in the PNG.
-        if full_area > 0 and n_vis >= _MIN_VISIBLE * full_area and int(_erode(vis).sum()) >= 0.25 * full_area:
-            covered |= hard
-            kept.append((cls, cov, vis, hard.sum() < full_area))
-    kept.reverse()
-
+    kept = _visible(cands, size)
     labels = np.zeros((size, size), dtype=np.uint8)
     objects = []
     yy, xx = np.mgrid[0:size, 0:size] / size

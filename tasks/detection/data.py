@@ -20,7 +20,8 @@ Augmentation (train split, ``torchvision.transforms.v2`` on ``tv_tensors.Boundin
 boxes follow the image): colour jitter, horizontal flip, random zoom in/out and shift (a random
 resize + crop/pad, ``RandomAffine`` without rotation), then ``SanitizeBoundingBoxes`` drops boxes
 that became degenerate. ``multiscale`` resizes whole training batches to a random size from a
-list (YOLOv2's multi-scale training).
+list (YOLOv2's multi-scale training). Loaders and their settings come from
+:class:`~tasks.common.data.DataModule`.
 """
 
 from __future__ import annotations
@@ -33,16 +34,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from tasks.common.data import DataError, data_error, make_loader
+from tasks.common.constants import IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES
+from tasks.common.data import DataError, DataModule, data_error, flip_probability
 
 log = logging.getLogger(__name__)
 
@@ -56,30 +57,6 @@ __all__ = [
     "collate",
 ]
 
-VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 VOC_SOURCE = (
     "http://host.robots.ox.ac.uk/pascal/VOC/ (VOCtrainval_06-Nov-2007.tar, VOCtest_06-Nov-2007.tar, "
@@ -309,6 +286,30 @@ class VOCDetectionReader(_RecordDataset):
 # --------------------------------------------------------------------------------------------------
 
 
+def _coco_record(coco, image_id: int, index: dict[int, int], image_dir: Path, ann_file: Path, dropped: _Dropped):
+    """The :class:`_Record` of one COCO image: xyxy boxes clipped to the image, labels, crowd flags."""
+    info = coco.imgs[image_id]
+    size = (int(info["height"]), int(info["width"])) if info.get("height") and info.get("width") else None
+    boxes, labels, crowd = [], [], []
+    for ann in coco.imgToAnns.get(image_id, []):
+        cat = ann.get("category_id")
+        if cat not in index:
+            raise DataError(
+                f"{ann_file}: annotation {ann.get('id')} of image {image_id} names an unknown category id {cat!r}"
+            )
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4):
+            raise DataError(f"{ann_file}: annotation {ann.get('id')} has no [x, y, w, h] bbox: {bbox!r}")
+        x, y, w, h = (float(v) for v in bbox)
+        boxes.append((x, y, x + w, y + h))
+        labels.append(index[cat])
+        crowd.append(int(bool(ann.get("iscrowd", 0))))
+    b, keep = _clip_and_filter(np.asarray(boxes, np.float32).reshape(-1, 4), size)
+    dropped.add(f"image {image_id}", int((~keep).sum()))
+    labels, crowd = np.asarray(labels, np.int64)[keep], np.asarray(crowd, np.int64)[keep]
+    return _Record(str(image_dir / info["file_name"]), b[keep], labels, crowd, size, int(image_id))
+
+
 class COCODetectionReader(_RecordDataset):
     """A COCO split through ``torchvision.datasets.CocoDetection`` (pycocotools).
 
@@ -352,40 +353,8 @@ class COCODetectionReader(_RecordDataset):
         if unknown:
             raise DataError(f"{ann_file}: category ids {unknown[:10]} are not among the {len(index)} known ones")
         dropped = _Dropped()
-        records = []
         ids = coco_ds.ids if max_images is None else coco_ds.ids[:max_images]
-        for image_id in ids:
-            info = coco.imgs[image_id]
-            size = (int(info["height"]), int(info["width"])) if info.get("height") and info.get("width") else None
-            anns = coco.imgToAnns.get(image_id, [])
-            boxes, labels, crowd = [], [], []
-            for ann in anns:
-                cat = ann.get("category_id")
-                if cat not in index:
-                    raise DataError(
-                        f"{ann_file}: annotation {ann.get('id')} of image {image_id} names an unknown "
-                        f"category id {cat!r}"
-                    )
-                bbox = ann.get("bbox")
-                if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4):
-                    raise DataError(f"{ann_file}: annotation {ann.get('id')} has no [x, y, w, h] bbox: {bbox!r}")
-                x, y, w, h = (float(v) for v in bbox)
-                boxes.append((x, y, x + w, y + h))
-                labels.append(index[cat])
-                crowd.append(int(bool(ann.get("iscrowd", 0))))
-            b = np.asarray(boxes, np.float32).reshape(-1, 4)
-            b, keep = _clip_and_filter(b, size)
-            dropped.add(f"image {image_id}", int((~keep).sum()))
-            records.append(
-                _Record(
-                    str(image_dir / info["file_name"]),
-                    b[keep],
-                    np.asarray(labels, np.int64)[keep],
-                    np.asarray(crowd, np.int64)[keep],
-                    size,
-                    int(image_id),
-                )
-            )
+        records = [_coco_record(coco, image_id, index, image_dir, ann_file, dropped) for image_id in ids]
         dropped.warn(f"COCO {split} ({ann_file})")
         super().__init__(records, transforms)
 
@@ -442,17 +411,21 @@ def _crowd_and_labels(inputs):
 # --------------------------------------------------------------------------------------------------
 
 
-class _DetectionDataModule(L.LightningDataModule):
-    """Transforms, loaders and the common constructor arguments of the detection data modules.
+class _DetectionDataModule(DataModule):
+    """Transforms, batching and the common constructor arguments of the detection data modules.
+
+    Subclasses implement ``_read(split, transforms)``: the split's images and boxes.
 
     Args:
         image_size: the square network input ``S`` (images are resized to ``S x S``).
         augment: training augmentation on/off; ``jitter`` (colour), ``flip`` (probability),
-            ``scale`` (zoom range) and ``translate`` (fraction of the side) tune it.
+            ``scale_range`` (zoom range) and ``translate`` (fraction of the side) tune it.
         multiscale: optional list of input sizes; each training batch is resized to one of them.
         anchors: the data set's anchor boxes ((w, h) fractions of the image side, e.g. from
             ``python -m tasks.detection.anchors``); the models use them when they set none.
         max_images: optional cap on the images per split (smoke tests).
+        batch_size, eval_batch_size, num_workers, pin_memory: the loaders
+            (:class:`~tasks.common.data.DataModule`).
     """
 
     classes: tuple[str, ...] = ()
@@ -465,32 +438,34 @@ class _DetectionDataModule(L.LightningDataModule):
         augment: bool = True,
         jitter: float = 0.3,
         flip: float = 0.5,
-        scale: Sequence[float] = (0.75, 1.25),
+        scale_range: Sequence[float] = (0.75, 1.25),
         translate: float = 0.15,
         multiscale: Sequence[int] | None = None,
         anchors: Sequence | None = None,
         max_images: int | None = None,
         pin_memory: bool = False,
-        val_batch_size: int | None = None,
+        eval_batch_size: int | None = None,
     ):
-        super().__init__()
+        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory)
         self.image_size = int(image_size)
-        self.batch_size = batch_size
-        self.val_batch_size = val_batch_size or batch_size
-        self.num_workers = num_workers
         self.augment = augment
-        self.jitter, self.flip, self.scale, self.translate = jitter, flip, tuple(scale), translate
+        self.jitter, self.flip, self.translate = jitter, flip_probability(flip), translate
+        self.scale_range = tuple(scale_range)
         self.multiscale = list(multiscale) if multiscale else None
         self.anchors = [list(a) for a in anchors] if anchors else None
         self.max_images = max_images
-        self.pin_memory = pin_memory
         self.in_channels = 3
         self.num_classes = len(self.classes)
-        self.train_dataset = self.val_dataset = self.test_dataset = None
 
-    # -- to implement: one Dataset per split, given its transforms
-    def _dataset(self, split: str, transforms) -> Dataset:
+    # -- to implement: the images and boxes of a split, through ``transforms``
+    def _read(self, split: str, transforms) -> Dataset:
         raise NotImplementedError
+
+    def _dataset(self, split: str) -> Dataset:
+        return self._read(split, self.transforms(train=split == "train"))
+
+    def collate_fn(self, split: str):
+        return MultiScaleCollate(self.multiscale) if split == "train" and self.multiscale else collate
 
     def transforms(self, train: bool):
         s = self.image_size
@@ -504,7 +479,7 @@ class _DetectionDataModule(L.LightningDataModule):
                 v2.RandomAffine(
                     degrees=0.0,
                     translate=(self.translate, self.translate),
-                    scale=self.scale,
+                    scale=self.scale_range,
                     fill=tuple(int(255 * m) for m in IMAGENET_MEAN),
                 ),
             ]
@@ -514,39 +489,9 @@ class _DetectionDataModule(L.LightningDataModule):
         ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
         return v2.Compose(ops)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_dataset is None and stage in (None, "fit"):
-            self.train_dataset = self._dataset("train", self.transforms(train=True))
-        if self.val_dataset is None and stage in (None, "fit", "validate"):
-            self.val_dataset = self._dataset("val", self.transforms(train=False))
-        if self.test_dataset is None and stage in (None, "test", "predict"):
-            self.test_dataset = self._dataset("test", self.transforms(train=False))
-
-    def _loader(self, dataset, train: bool) -> DataLoader:
-        collate_fn = MultiScaleCollate(self.multiscale) if train and self.multiscale else collate
-        return make_loader(
-            dataset,
-            self.batch_size if train else self.val_batch_size,
-            shuffle=train,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            collate_fn=collate_fn,
-        )
-
-    def train_dataloader(self):
-        return self._loader(self.train_dataset, train=True)
-
-    def val_dataloader(self):
-        return self._loader(self.val_dataset, train=False)
-
-    def test_dataloader(self):
-        if self.test_dataset is None:
-            self.setup("test")
-        return self._loader(self.test_dataset, train=False)
-
     def train_box_sizes(self) -> np.ndarray:
         """``(w, h)`` fractions of every training box (no augmentation): input of k-means anchors."""
-        ds = self._dataset("train", None)
+        ds = self._read("train", None)
         parts = ds.datasets if isinstance(ds, ConcatDataset) else [ds]
         return np.concatenate([p.box_sizes() for p in parts])
 
@@ -602,7 +547,7 @@ class VOCDetectionDataModule(_DetectionDataModule):
                 source=self.source,
             )
 
-    def _dataset(self, split: str, transforms) -> Dataset:
+    def _read(self, split: str, transforms) -> Dataset:
         readers = [
             VOCDetectionReader(
                 self.root,
@@ -660,9 +605,9 @@ class ShapesDetectionDataModule(VOCDetectionDataModule):
             ensure_shapes_dataset(self.root, splits=self.splits)
             self._ready = True
 
-    def _dataset(self, split: str, transforms) -> Dataset:
+    def _read(self, split: str, transforms) -> Dataset:
         self._ensure()
-        return super()._dataset(split, transforms)
+        return super()._read(split, transforms)
 
 
 class COCODetectionDataModule(_DetectionDataModule):
@@ -700,7 +645,7 @@ class COCODetectionDataModule(_DetectionDataModule):
                 source=COCO_SOURCE,
             )
 
-    def _dataset(self, split: str, transforms) -> Dataset:
+    def _read(self, split: str, transforms) -> Dataset:
         ds = COCODetectionReader(
             self.root, self.splits[split], transforms, cat_ids=self.cat_ids, max_images=self.max_images
         )

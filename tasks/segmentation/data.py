@@ -22,7 +22,8 @@ after construction. Nothing is ever downloaded: a missing data root raises
 Training augmentation (``torchvision.transforms.v2``, image and mask jointly, masks with
 nearest interpolation): random scale, random crop (padding filled with 0 in the normalised
 image and 255 in the mask), horizontal flip. Evaluation uses the whole image; a batch of
-images of different sizes is padded at the bottom/right in the same way.
+images of different sizes is padded at the bottom/right in the same way. Loaders and their
+settings come from :class:`~tasks.common.data.DataModule`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image
@@ -43,7 +43,9 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2._utils import query_size
 
-from tasks.common.data import DataError, data_error, make_loader, require_paths
+from tasks.common.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from tasks.common.constants import VOC_CLASSES as VOC_OBJECT_CLASSES
+from tasks.common.data import DataError, DataModule, data_error, flip_probability, require_paths
 from tasks.common.shapes import SHAPE_CLASSES, VOC_SUBDIR, ensure_shapes_dataset
 
 __all__ = [
@@ -61,32 +63,7 @@ __all__ = [
     "COCOSegDataModule",
 ]
 
-IGNORE_INDEX = 255
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-VOC_CLASSES = (
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
+VOC_CLASSES = ("background", *VOC_OBJECT_CLASSES)
 _MASK_MODES = ("P", "L", "I", "I;16")  # modes whose pixel values are class ids
 
 
@@ -121,13 +98,14 @@ def build_transforms(
     train: bool,
     crop_size: int | None,
     scale_range: Sequence[float] | None,
-    flip: bool = True,
+    flip: float = 0.5,
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     resize: int | None = None,
 ) -> v2.Compose:
     """Joint image/mask transforms: optionally resize (every split), normalise; for training,
-    scale, crop (pad 0 / 255) and flip."""
+    scale, crop (pad 0 / 255) and flip (with probability ``flip``)."""
+    flip = flip_probability(flip)
     ops: list = [v2.Resize(resize, antialias=True)] if resize else []
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     if train:
@@ -141,7 +119,7 @@ def build_transforms(
                 )
             )
         if flip:
-            ops.append(v2.RandomHorizontalFlip())
+            ops.append(v2.RandomHorizontalFlip(flip))
     return v2.Compose(ops)
 
 
@@ -363,23 +341,25 @@ class COCOSemantic(CocoDetection):
 # --------------------------------------------------------------------------------------------------
 
 
-class SegmentationDataModule(L.LightningDataModule):
-    """Shared loaders and transforms; subclasses implement ``_reader(split)`` and ``_check_layout()``.
+class SegmentationDataModule(DataModule):
+    """Transforms and batching of the segmentation data modules; subclasses implement
+    ``_reader(split)`` and ``_check_layout()``.
 
     Args:
-        batch_size, num_workers, pin_memory: data loader settings (training drops the last
-            incomplete batch: batch norm over image-level pooled features needs > 1 sample).
+        batch_size, eval_batch_size, num_workers, pin_memory: the loaders
+            (:class:`~tasks.common.data.DataModule`); training drops the last incomplete batch
+            (batch norm over image-level pooled features needs > 1 sample).
         crop_size: training crop (padded with ignore where the scaled image is smaller);
             ``None``: no crop, which needs images of one size.
         scale_range: random scale factors for training; ``None``: no scaling.
-        flip: random horizontal flips for training.
-        eval_batch_size: batch size of validation / test (default: ``batch_size``).
+        flip: probability of a random horizontal flip in training (0: none).
         resize: resize every image (and mask, nearest) of every split so that its shorter
             side has this many pixels, before anything else; ``None``: native size.
     """
 
     dataset_name = "segmentation data"
-    splits: dict[str, str] = {}  # stage -> split name
+    splits: dict[str, str] = {}  # split -> the data set's split name
+    drop_last_train = True
 
     def __init__(
         self,
@@ -388,25 +368,20 @@ class SegmentationDataModule(L.LightningDataModule):
         num_workers: int = 0,
         crop_size: int | None = None,
         scale_range: Sequence[float] | None = (0.5, 2.0),
-        flip: bool = True,
+        flip: float = 0.5,
         eval_batch_size: int | None = None,
         pin_memory: bool = False,
         image_size: int | None = None,
         resize: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory)
         self.num_classes = int(num_classes)
         self.in_channels = 3
         self.resize = int(resize) if resize else None
         self.image_size = self.resize or (image_size if image_size is not None else crop_size)
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
         self.crop_size = crop_size
         self.scale_range = tuple(scale_range) if scale_range is not None else None
-        self.flip = flip
-        self.datasets: dict[str, SegmentationSamples] = {}
+        self.flip = flip_probability(flip)
 
     # subclass hooks ------------------------------------------------------------------------------
     def _check_layout(self) -> None:
@@ -419,42 +394,14 @@ class SegmentationDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         self._check_layout()
 
-    def dataset(self, stage: str) -> SegmentationSamples:
-        """The checked, transformed dataset of ``stage`` (``train``, ``val`` or ``test``)."""
-        if stage not in self.datasets:
-            self._check_layout()
-            train = stage == "train"
-            transforms = build_transforms(train, self.crop_size, self.scale_range, self.flip, resize=self.resize)
-            self.datasets[stage] = SegmentationSamples(
-                self._reader(self.splits[stage]), self.num_classes, transforms, self.dataset_name
-            )
-        return self.datasets[stage]
+    def _dataset(self, split: str) -> SegmentationSamples:
+        """The checked, transformed samples of ``split`` (``train``, ``val`` or ``test``)."""
+        self._check_layout()
+        transforms = build_transforms(split == "train", self.crop_size, self.scale_range, self.flip, resize=self.resize)
+        return SegmentationSamples(self._reader(self.splits[split]), self.num_classes, transforms, self.dataset_name)
 
-    def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ("train", "val", "test"))
-        for s in wanted:
-            self.dataset(s)
-
-    def _loader(self, stage: str):
-        train = stage == "train"
-        return make_loader(
-            self.dataset(stage),
-            self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            drop_last=train and len(self.dataset(stage)) > self.batch_size,
-            collate_fn=pad_collate,
-        )
-
-    def train_dataloader(self):
-        return self._loader("train")
-
-    def val_dataloader(self):
-        return self._loader("val")
-
-    def test_dataloader(self):
-        return self._loader("test")
+    def collate_fn(self, split: str):
+        return pad_collate
 
 
 class ShapesSegDataModule(SegmentationDataModule):
@@ -478,7 +425,7 @@ class ShapesSegDataModule(SegmentationDataModule):
         num_workers: int = 0,
         crop_size: int | None = 128,
         scale_range: Sequence[float] | None = (0.75, 1.25),
-        flip: bool = True,
+        flip: float = 0.5,
         eval_batch_size: int | None = None,
         pin_memory: bool = False,
         progress: bool = True,
@@ -487,13 +434,13 @@ class ShapesSegDataModule(SegmentationDataModule):
     ) -> None:
         super().__init__(
             1 + len(SHAPE_CLASSES),
-            batch_size,
-            num_workers,
-            crop_size,
-            scale_range,
-            flip,
-            eval_batch_size,
-            pin_memory,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            crop_size=crop_size,
+            scale_range=scale_range,
+            flip=flip,
             image_size=128,
             resize=resize,
         )
@@ -548,12 +495,19 @@ class VOCSegDataModule(SegmentationDataModule):
         num_workers: int = 4,
         crop_size: int | None = 513,
         scale_range: Sequence[float] | None = (0.5, 2.0),
-        flip: bool = True,
+        flip: float = 0.5,
         eval_batch_size: int | None = None,
         pin_memory: bool = False,
     ) -> None:
         super().__init__(
-            len(VOC_CLASSES), batch_size, num_workers, crop_size, scale_range, flip, eval_batch_size, pin_memory
+            len(VOC_CLASSES),
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            crop_size=crop_size,
+            scale_range=scale_range,
+            flip=flip,
         )
         self.root = Path(root).expanduser()
         self.voc_dir = self.root / VOC_SUBDIR
@@ -619,12 +573,19 @@ class COCOSegDataModule(SegmentationDataModule):
         num_workers: int = 4,
         crop_size: int | None = 513,
         scale_range: Sequence[float] | None = (0.5, 2.0),
-        flip: bool = True,
+        flip: float = 0.5,
         eval_batch_size: int | None = None,
         pin_memory: bool = False,
     ) -> None:
         super().__init__(
-            num_classes, batch_size, num_workers, crop_size, scale_range, flip, eval_batch_size, pin_memory
+            num_classes,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            crop_size=crop_size,
+            scale_range=scale_range,
+            flip=flip,
         )
         self.root = Path(root).expanduser()
         self.splits = {"train": train_split, "val": val_split, "test": test_split}

@@ -164,7 +164,7 @@ def _white_square_sample(size=64, box=(10, 20, 30, 44)):
 
 def test_train_augmentation_moves_the_boxes_with_the_image(tmp_path):
     dm = ShapesDetectionDataModule(
-        tmp_path / "shapes", image_size=64, jitter=0.0, flip=0.5, scale=(0.6, 1.4), translate=0.2, num_workers=0
+        tmp_path / "shapes", image_size=64, jitter=0.0, flip=0.5, scale_range=(0.6, 1.4), translate=0.2, num_workers=0
     )
     tf = dm.transforms(train=True)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)

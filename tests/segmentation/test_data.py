@@ -66,7 +66,7 @@ def _write_voc(root: Path, splits: dict, aug_ids=(), sizes=None) -> dict:
 
 def _plain(dm_cls, root, **kw):
     return dm_cls(
-        root, batch_size=2, eval_batch_size=2, num_workers=0, crop_size=None, scale_range=None, flip=False, **kw
+        root, batch_size=2, eval_batch_size=2, num_workers=0, crop_size=None, scale_range=None, flip=0.0, **kw
     )
 
 
@@ -327,7 +327,7 @@ def test_training_transforms_scale_crop_pad_and_flip_image_and_mask_together():
     mask_np = np.zeros((20, 20), dtype=np.uint8)
     mask_np[:, :10] = 3  # left half class 3, right half 0
     mask = tv_tensors.Mask(torch.from_numpy(mask_np))
-    t = build_transforms(train=True, crop_size=16, scale_range=(0.5, 0.5), flip=False)
+    t = build_transforms(train=True, crop_size=16, scale_range=(0.5, 0.5), flip=0.0)
     out_img, out_mask = t(img, mask)
     assert out_img.shape == (3, 16, 16) and out_mask.shape == (16, 16)
     pad = out_mask == 255  # the 10x10 scaled image sits in a 16x16 crop: the rest is padding
@@ -336,7 +336,7 @@ def test_training_transforms_scale_crop_pad_and_flip_image_and_mask_together():
     assert torch.all(out_img[:, pad] == 0)  # normalised image padded with 0 (the mean)
     assert torch.all(out_img[:, ~pad] > 0)
     # flip: image and mask flip together
-    t_flip = build_transforms(train=True, crop_size=None, scale_range=None, flip=True)
+    t_flip = build_transforms(train=True, crop_size=None, scale_range=None, flip=0.5)
     for _ in range(10):
         fi, fm = t_flip(tv_tensors.Image(torch.arange(20.0).expand(3, 20, 20).to(torch.uint8)), mask)
         left_is_class_3 = bool(fm[0, 0] == 3)
