@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import warnings
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -13,10 +14,13 @@ from omegaconf import DictConfig
 
 from fastsnn import ConversionError
 from tasks.common.data import DataError
-from tasks.pipeline import optimized_value, run
+from tasks.pipeline import run
+from tasks.results import optimized_value
 from tasks.settings import SettingsError
 
 log = logging.getLogger("fastsnn")
+# Lightning 2.6 calls a torch.utils._pytree API that torch 2.14 deprecated; nothing a user can act on
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 USER_ERRORS = (SettingsError, DataError, ConversionError)
 
 

@@ -20,10 +20,7 @@ import torch
 from torch import nn
 
 from fastsnn import SpikingModel
-
-
-def per_step_key(label: str, metric: str, t: int) -> str:
-    return f"{label}/test_{metric}_t{t:02d}"
+from tasks.results import per_step_key
 
 
 class SNNTaskModule(L.LightningModule):

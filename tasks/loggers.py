@@ -47,19 +47,20 @@ def make_loggers(cfg: DictConfig) -> list:
     return loggers
 
 
-def close_loggers(loggers: list, results: dict) -> None:
-    """Finish every logger, so that one failed job of a multirun does not leave a run open."""
+def close_loggers(loggers: list, results: dict, status: str) -> None:
+    """Finish every logger with ``status`` (``"success"`` only when every stage ran), so that one
+    failed job of a multirun does not leave a run open, nor shows as finished on a dashboard."""
     for logger in loggers:
         try:
             if type(logger).__name__ == "WandbLogger":
                 _log_wandb_results(logger, results)
-            logger.finalize("success" if results.get("ann") is not None else "failed")
+            logger.finalize(status)
         except Exception as err:  # closing must not hide the run's own error
             log.warning("could not close logger %s: %s", type(logger).__name__, err)
     if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
         import wandb
 
-        wandb.finish()
+        wandb.finish(exit_code=0 if status == "success" else 1)  # W&B marks the run failed
 
 
 def _log_wandb_results(logger, results: dict) -> None:

@@ -1,14 +1,75 @@
-"""The end of a run: the console table and ``results.json``."""
+"""The end of a run: what goes into ``results.json``, the console table, the sweeper's number."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from tasks.settings import SettingsError
+
+log = logging.getLogger(__name__)
+
+SNN_LABELS = ("snn", "snn_finetuned")
+HEADLINES = ("snn_finetuned", "snn", "ann")  # the last stage's headline metric first
+NUMERIC_KEYS = (*HEADLINES, "spike_rate", "sops", "energy_ratio")
+STAT_KEYS = ("spike_rate", "sops", "energy_ratio")
+
+
+def per_step_key(label: str, metric: str, t: int) -> str:
+    """The logged name of an SNN pass's metric after ``t`` time steps, e.g. ``snn/test_acc_t03``."""
+    return f"{label}/test_{metric}_t{t:02d}"
+
+
+def record_snn(results: dict, label: str, metrics: dict, metric: str, timesteps: int) -> None:
+    """File an SNN test pass's logged ``metrics`` under ``label`` (``snn`` / ``snn_finetuned``)."""
+    per_step_keys = [per_step_key(label, metric, t) for t in range(1, timesteps + 1)]
+    results[label] = metrics.get(f"{label}/test_{metric}")
+    results[f"{label}_metrics"] = {k: v for k, v in metrics.items() if k not in per_step_keys}
+    per_step = [metrics.get(k) for k in per_step_keys]
+    if all(v is not None for v in per_step):
+        results["snn_per_step"] = per_step  # the last SNN pass's curve (after fine-tuning if any)
+    for key in STAT_KEYS:
+        if f"{label}/{key}" in metrics:
+            results[key] = metrics[f"{label}/{key}"]
+
+
+def check_optimized_metric(name: str | None) -> None:
+    """Refuse, before any work, an ``optimized_metric`` that no stage can produce (a typo)."""
+    if not name or name in NUMERIC_KEYS or name.split("/", 1)[0] in ("ann", *SNN_LABELS):
+        return
+    raise SettingsError(
+        f"optimized_metric={name!r} is neither a results.json key ({', '.join(NUMERIC_KEYS)}) nor a test "
+        "metric of the form ann/..., snn/... or snn_finetuned/... (e.g. snn_finetuned/test_acc)"
+    )
+
+
+def optimized_value(results: dict, name: str | None) -> float | None:
+    """The number the run returns to a sweeper: ``results[name]`` or the logged test metric ``name``.
+
+    When the run's stages did not produce it (``stages=[train]`` has no SNN), the last stage's
+    headline metric is returned instead, with a warning that says which.
+    """
+    if not name:
+        return None
+    for source in (results, *(results.get(f"{label}_metrics", {}) for label in ("ann", *SNN_LABELS))):
+        if source.get(name) is not None:
+            return float(source[name])
+    fallback = next(key for key in HEADLINES if results.get(key) is not None)
+    log.warning(
+        "optimized_metric=%s was not produced by stages=%s; returning %s=%.4f (the last stage's headline "
+        "metric) instead",
+        name,
+        results.get("stages"),
+        fallback,
+        results[fallback],
+    )
+    return float(results[fallback])
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -21,10 +82,10 @@ def _fmt(value, digits: int = 4) -> str:
 
 def print_results(results: dict) -> None:
     metric = results["metric"]
+    neuron = "signed" if results["signed"] else "unsigned"
     table = Table(
         title=f"{results['task']} / {results['model']} / {results['data']}: "
-        f"{results['bits']}-bit ANN -> {'signed' if results['signed'] else 'unsigned'} IF SNN, "
-        f"T={results['timesteps']}"
+        f"{results['bits']}-bit ANN -> {neuron} IF SNN, T={results['timesteps']}"
     )
     for col in ("model", f"test {metric}", "spike rate", "SOPs / image", "energy vs ANN (estimate)"):
         table.add_column(col, justify="right" if col != "model" else "left")
@@ -44,7 +105,8 @@ def print_results(results: dict) -> None:
     if results.get("snn_per_step"):
         curve = " ".join(f"{v:.3f}" for v in results["snn_per_step"])
         console.print(f"SNN {metric} after t = 1..{results['timesteps']} steps: {curve}")
-    console.print(f"results: {results['output_dir']}/results.json")
+    # one line whatever the terminal width: users copy the path
+    console.print(f"results: {results['output_dir']}/results.json", soft_wrap=True, highlight=False)
 
 
 def write_results(results: dict, path: Path) -> None:

@@ -24,6 +24,10 @@ def randomize_bn(model: nn.Module, bias_offset: float = 0.0) -> nn.Module:
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
+# any run shrunk to seconds (conf/debug/tiny.yaml), on the CPU, without an experiment logger
+TINY = ["debug=tiny", "trainer.accelerator=cpu", "logger=none"]
+NARROW = ["model.net.width=0.125"]  # for the models that have a width
+
 
 def compose_config(out_dir: Path, *overrides: str):
     """The run's config as `python run.py <overrides>` would see it (hydra node included), with

@@ -13,28 +13,18 @@ from hydra.utils import instantiate
 from fastsnn import QuantReLU
 from tasks.detection.module import DetectionModule
 from tasks.detection.yolo import TinyYOLO, YOLOv2R34
-from tasks.pipeline import _quantize, run
+from tasks.pipeline import build, run
+from tests import helpers
 from tests.helpers import CONF_DIR, compose_config
 
 TINY = [
-    "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=2",
-    "+trainer.limit_val_batches=1",
-    "+trainer.limit_test_batches=1",
-    "trainer.accelerator=cpu",
-    "trainer.enable_progress_bar=false",
-    "callbacks.progress_bar=null",
-    "logger=none",
+    *helpers.TINY,
+    *helpers.NARROW,
     "data.splits={train:8,val:4,test:4}",
     "data.image_size=64",
     "data.batch_size=4",
     "data.eval_batch_size=4",
     "data.num_workers=0",
-    "model.net.width=0.125",
-    "finetune.limit_batches=1",
-    "finetune.limit_val_batches=1",
-    "finetune.measure_batches=1",
-    "finetune.progress=false",
 ]
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml") if "_yolo" in p.stem)
 
@@ -93,15 +83,13 @@ def test_paper_recipes_compose_and_instantiate(tmp_path, experiment):
     assert cfg.task.name == "detection" and cfg.model.name == model_name and cfg.bits == bits
     assert cfg.data.image_size == 416 and cfg.model.net.width == 1.0 and cfg.model.quant.weight_bits is None
     assert cfg.task.metric == ("map" if data_name == "coco" else "map_50") == cfg.task.module.metric
-    data = instantiate(cfg.data)  # constructing must not touch the (absent) data
+    exp = build(cfg)  # constructing the data module must not touch the (absent) data
+    data, net, module = exp.datamodule, exp.net, exp.module
     assert data.num_classes == (80 if data_name == "coco" else 20) and data.image_size == 416
-    net = instantiate(cfg.model.net, num_classes=data.num_classes, in_channels=data.in_channels)
     assert isinstance(net, TinyYOLO if model_name == "yolo" else YOLOv2R34)
     assert net.pred.out_channels == 5 * (5 + data.num_classes)
-    _quantize(net, cfg.bits, cfg.model.quant)
     assert {m.bits for m in net.modules() if isinstance(m, QuantReLU)} == {bits}
-    module = instantiate(cfg.task.module, net=net, num_classes=data.num_classes)
     assert isinstance(module, DetectionModule) and module.metric == cfg.task.metric
     assert type(module.configure_optimizers()["optimizer"]).__name__ == "SGD"
-    assert isinstance(instantiate(cfg.trainer), L.Trainer)
+    assert isinstance(exp.trainer, L.Trainer)
     assert instantiate(cfg.finetune).epochs_per_layer >= 1

@@ -8,22 +8,8 @@ import pytest
 
 from tests import helpers
 
-# one epoch of three batches, tiny VGG, tiny fine-tuning: a whole run takes seconds
-TINY = [
-    "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=3",
-    "+trainer.limit_val_batches=2",
-    "+trainer.limit_test_batches=2",
-    "trainer.accelerator=cpu",
-    "trainer.enable_progress_bar=false",
-    "model.net.width=0.125",
-    "finetune.limit_batches=2",
-    "finetune.limit_val_batches=1",
-    "finetune.measure_batches=1",
-    "finetune.progress=false",
-    "callbacks.progress_bar=null",
-    "logger=none",
-]
+# the tiny debug run with a narrow VGG-11: a whole run takes seconds
+TINY = [*helpers.TINY, *helpers.NARROW]
 
 
 def compose_config(out_dir: Path, *overrides: str, tiny: bool = True):

@@ -7,7 +7,7 @@ import pytest
 from hydra.utils import instantiate
 
 from fastsnn import QuantReLU
-from tasks.pipeline import _quantize
+from tasks.pipeline import build, quantize_net
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 CLASSIFICATION_EXPERIMENTS = sorted(
@@ -37,13 +37,10 @@ def test_classification_experiments_compose_and_instantiate(make_config, experim
         tiny=False,
     )
     assert cfg.bits == 4 and cfg.model.net.width == 1.0
-    data = instantiate(cfg.data)  # no data on disk: constructing must not touch it
-    net = instantiate(cfg.model.net, num_classes=data.num_classes, in_channels=data.in_channels)
-    _quantize(net, cfg.bits, cfg.model.quant)
-    assert all(m.bits == 4 for m in net.modules() if isinstance(m, QuantReLU))
-    module = instantiate(cfg.task.module, net=net, num_classes=data.num_classes)
-    assert isinstance(instantiate(cfg.trainer), L.Trainer)
-    assert module.configure_optimizers()["optimizer"].defaults["lr"] == cfg.task.module.optimizer.lr
+    exp = build(cfg)  # no data on disk: constructing the data module must not touch it
+    assert all(m.bits == 4 for m in exp.net.modules() if isinstance(m, QuantReLU))
+    assert isinstance(exp.trainer, L.Trainer) and exp.conversion.timesteps == 15
+    assert exp.module.configure_optimizers()["optimizer"].defaults["lr"] == cfg.task.module.optimizer.lr
     assert instantiate(cfg.finetune).epochs_per_layer >= 1
 
 
@@ -52,7 +49,7 @@ def test_every_model_config_builds_a_quantizable_net(make_config, model):
     cfg = make_config(f"model={model}", tiny=False)
     kwargs = {"width": 0.125} if "width" in cfg.model.net else {}
     net = instantiate(cfg.model.net, num_classes=10, in_channels=3, **kwargs)
-    _quantize(net, 2, cfg.model.quant)
+    net = quantize_net(net, 2, cfg.model.quant)
     assert any(isinstance(m, QuantReLU) for m in net.modules())
 
 

@@ -127,10 +127,10 @@ def test_model_quant_settings_reach_the_quantized_modules():
     from torch import nn
 
     from fastsnn import QuantConv2d, QuantReLU
-    from tasks.pipeline import _quantize
+    from tasks.pipeline import quantize_net
 
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
-    _quantize(net, 3, OmegaConf.create({"weight_bits": "same", "alpha_init": 1.5, "fused": True}))
+    net = quantize_net(net, 3, OmegaConf.create({"weight_bits": "same", "alpha_init": 1.5, "fused": True}))
     relus = [m for m in net.modules() if isinstance(m, QuantReLU)]
     assert relus and all(m.fused and m.bits == 3 and m.alpha.item() == 1.5 for m in relus)
     assert isinstance(net[2], QuantConv2d) and net[2].weight_quantizer.bits == 3  # "same" as the activations

@@ -4,10 +4,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
 
 from fastsnn.quant import QuantConv2d, activation_bits
-from tasks.pipeline import _quantize
+from tasks.pipeline import build, quantize_net
 from tasks.segmentation.data import COCOSegDataModule, ShapesSegDataModule, VOCSegDataModule
 from tasks.segmentation.deeplab import DeepLabV1, DeepLabV3
 from tasks.segmentation.module import SegmentationModule
@@ -22,12 +21,8 @@ def _compose(*overrides):
 
 
 def _build(cfg):
-    datamodule = instantiate(cfg.data)
-    net = instantiate(cfg.model.net, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
-    settings = resolve(cfg.bits, cfg.timesteps, cfg.stages)
-    _quantize(net, settings.bits, cfg.model.quant)
-    module = instantiate(cfg.task.module, net=net, num_classes=datamodule.num_classes)
-    return datamodule, net, module, settings
+    exp = build(cfg)
+    return exp.datamodule, exp.net, exp.module, exp.settings
 
 
 def test_task_segmentation_picks_deeplabv3_on_the_synthetic_data():
@@ -46,6 +41,8 @@ def test_task_segmentation_picks_deeplabv3_on_the_synthetic_data():
     assert _compose().model.name != "deeplabv3"
 
 
+# the recipes train with DDP on GPUs: build their trainer for one CPU process here
+ON_THIS_MACHINE = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.strategy=auto", "trainer.precision=32-true"]
 RECIPES = {
     "voc_deeplabv1": (VOCSegDataModule, DeepLabV1, 21),
     "voc_deeplabv3": (VOCSegDataModule, DeepLabV3, 21),
@@ -59,7 +56,7 @@ def test_paper_recipes_compose_and_instantiate_at_4_3_and_2_bits(experiment):
     data_cls, net_cls, num_classes = RECIPES[experiment]
     net = None
     for bits in (4, 3, 2):
-        cfg = _compose(f"experiment={experiment}", f"bits={bits}")
+        cfg = _compose(f"experiment={experiment}", f"bits={bits}", *ON_THIS_MACHINE)
         assert cfg.task.name == "segmentation" and cfg.trainer.max_epochs == 50
         assert cfg.task.module.optimizer.lr == pytest.approx(0.007)
         assert cfg.model.quant.weight_bits is None and cfg.data.crop_size == 513
@@ -70,7 +67,7 @@ def test_paper_recipes_compose_and_instantiate_at_4_3_and_2_bits(experiment):
             assert module.configure_optimizers()["optimizer"].__class__ is torch.optim.SGD
         else:
             settings = resolve(cfg.bits, cfg.timesteps, cfg.stages)
-            _quantize(net, settings.bits, cfg.model.quant)
+            net = quantize_net(net, settings.bits, cfg.model.quant)
         assert settings.timesteps == 2**bits - 1
         assert activation_bits(net) == {bits}
         assert not any(isinstance(m, QuantConv2d) for m in net.modules())  # float weights

@@ -6,27 +6,17 @@ from pathlib import Path
 import pytest
 
 from tasks.pipeline import run
+from tests import helpers
 from tests.helpers import compose_config
 
 TINY = [
-    "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=2",
-    "+trainer.limit_val_batches=1",
-    "+trainer.limit_test_batches=1",
-    "trainer.accelerator=cpu",
-    "trainer.enable_progress_bar=false",
-    "callbacks.progress_bar=null",
-    "logger=none",
-    "model.net.width=0.125",
-    "finetune.limit_batches=1",
-    "finetune.limit_val_batches=1",
-    "finetune.measure_batches=1",
-    "finetune.progress=false",
+    *helpers.TINY,
+    *helpers.NARROW,
     "data.batch_size=4",
     "data.eval_batch_size=4",
     "data.crop_size=64",
     "data.progress=false",
-    "+data.splits={train: 8, val: 4, test: 4}",
+    "data.splits={train: 8, val: 4, test: 4}",
 ]
 
 

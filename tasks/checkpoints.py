@@ -1,0 +1,52 @@
+"""Reading the checkpoints of a train stage: their bit width and their network weights."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tasks.settings import SettingsError
+
+log = logging.getLogger(__name__)
+
+
+def load_checkpoint(path: str) -> dict:
+    """A Lightning checkpoint of this project, or a :class:`SettingsError` saying what is wrong."""
+    if not Path(path).is_file():
+        raise SettingsError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise SettingsError(f"cannot read checkpoint {path}: {err}") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise SettingsError(f"{path} is not a Lightning checkpoint of this project (no 'state_dict')")
+    return ckpt
+
+
+def checkpoint_bits(path: str | None) -> int | None:
+    """Activation bits stored in a checkpoint of ours (None when unknown or full precision)."""
+    if not path:
+        return None
+    return load_checkpoint(path).get("fastsnn", {}).get("bits")
+
+
+def load_weights(net: nn.Module, path: str, partial: bool = False) -> None:
+    """Load a checkpoint's network weights (the task module's ``net.*`` entries) into ``net``.
+
+    ``partial`` (``init_from``): another bit width's checkpoint; parameters it lacks (e.g.
+    weight-quantizer clips when starting from full precision) keep their initial values.
+    """
+    state = {k[len("net.") :]: v for k, v in load_checkpoint(path)["state_dict"].items() if k.startswith("net.")}
+    own = net.state_dict()
+    wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if wrong:
+        raise SettingsError(
+            f"{path} does not fit this model (shape mismatch in {wrong[:5]}): "
+            "was it trained with another model, width or data set?"
+        )
+    missing, unexpected = net.load_state_dict(state, strict=not partial)
+    if partial and (missing or unexpected):
+        log.info("init_from %s: kept initial values for %s; ignored %s", path, missing, unexpected)
