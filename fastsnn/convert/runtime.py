@@ -7,6 +7,10 @@ it, :class:`TimeCollapse` averages it away on the way into the output region and
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -15,18 +19,56 @@ from torch import fx, nn
 from ..neuron import IFNeuron
 
 
-class TimeContext:
-    """What every time-aware module of one SpikingModel shares: T and the run mode.
+@dataclass(frozen=True)
+class RunState:
+    """How one call of a SpikingModel runs its graph.
 
     mode ``"mean"``: the output region runs once on the mean over T (normal inference);
     ``"cummean"``: on the running mean after each step (accuracy-vs-time curves);
     ``"steps"``: on the raw per-step values (spike statistics count every event);
     ``"streaming"``: one time step per call, ``[N, ...]`` tensors, state kept in the modules.
+    ``timesteps`` is T as read when the call started: changing it mid-call waits for the next.
+    """
+
+    mode: str
+    timesteps: int
+
+
+# The run states of the calls in progress in this thread / task, innermost last, each with the
+# TimeContext it belongs to. A ContextVar, not an attribute: concurrent calls in other threads
+# and calls nested in this one (another model, or a hook calling the same one) keep their own.
+_RUNS: ContextVar[tuple[tuple[TimeContext, RunState], ...]] = ContextVar("fastsnn_runs", default=())
+
+
+class TimeContext:
+    """What every time-aware module of one SpikingModel shares: T, and the state of the current call.
+
+    Outside a :meth:`run` (e.g. ``snn.net`` called directly) the graph runs in mode ``"mean"``.
     """
 
     def __init__(self, timesteps: int):
         self.timesteps = timesteps
-        self.mode = "mean"
+
+    @contextmanager
+    def run(self, mode: str) -> Iterator[RunState]:
+        """Run this context's modules in ``mode`` until the ``with`` block ends (this call only)."""
+        state = RunState(mode, self.timesteps)
+        token = _RUNS.set((*_RUNS.get(), (self, state)))
+        try:
+            yield state
+        finally:
+            _RUNS.reset(token)
+
+    def current(self) -> RunState:
+        """The run state of the innermost call of this context in progress here."""
+        for ctx, state in reversed(_RUNS.get()):
+            if ctx is self:
+                return state
+        return RunState("mean", self.timesteps)
+
+    @property
+    def mode(self) -> str:
+        return self.current().mode
 
 
 class GraphNeuron(nn.Module):
@@ -45,9 +87,10 @@ class GraphNeuron(nn.Module):
         self.path = path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.ctx.mode == "streaming":
-            return self.neuron.step(x, horizon=self.ctx.timesteps)
-        T = self.ctx.timesteps
+        run = self.ctx.current()
+        T = run.timesteps
+        if run.mode == "streaming":
+            return self.neuron.step(x, horizon=T)
         if self.constant_input:
             out = self.neuron.forward_constant(x, T)
         else:
@@ -71,18 +114,19 @@ class TimeCollapse(nn.Module):
         self.total, self.count = None, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.ctx.mode == "streaming":  # running mean of the steps seen so far
+        run = self.ctx.current()
+        if run.mode == "streaming":  # running mean of the steps seen so far
             if self.total is None:
                 self.total = x.clone()  # our own buffer: accumulated in place below
             else:
                 self.total.add_(x)
             self.count += 1
             return self.total / self.count
-        if self.ctx.mode == "steps":
+        if run.mode == "steps":
             return x
-        T = self.ctx.timesteps
+        T = run.timesteps
         x = x.reshape(T, x.shape[0] // T, *x.shape[1:])
-        if self.ctx.mode == "mean":
+        if run.mode == "mean":
             return x.mean(0)
         steps = torch.arange(1, T + 1, device=x.device, dtype=x.dtype).reshape(T, *[1] * (x.dim() - 1))
         return (x.cumsum(0) / steps).flatten(0, 1)
@@ -103,10 +147,10 @@ class StaticExpand(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):  # e.g. a size read off the input: the same at every step
             return x
-        if self.ctx.mode == "streaming" or (not self.always and self.ctx.mode == "mean"):
+        run = self.ctx.current()
+        if run.mode == "streaming" or (not self.always and run.mode == "mean"):
             return x
-        T = self.ctx.timesteps
-        return x.unsqueeze(0).expand(T, *x.shape).flatten(0, 1)
+        return x.unsqueeze(0).expand(run.timesteps, *x.shape).flatten(0, 1)
 
 
 def _map_tensors(fn, obj):
@@ -202,24 +246,34 @@ class SpikingModel(nn.Module):
         return [(layer.name, self.net.get_submodule(layer.name)) for layer in self.layers]
 
     def forward(self, x: torch.Tensor, return_steps: bool = False):
-        if self.chunk_size is not None and x.shape[0] > self.chunk_size:
-            parts = [self._forward(chunk, return_steps) for chunk in x.split(self.chunk_size)]
-            if not return_steps:
-                return _cat_outputs(parts, dim=0)
-            return _cat_outputs([p[0] for p in parts], dim=0), _cat_outputs([p[1] for p in parts], dim=1)
-        return self._forward(x, return_steps)
-
-    def _forward(self, x: torch.Tensor, return_steps: bool):
         if self.mode == "streaming":
-            return self._forward_streaming(x, return_steps)
+            with self._streaming_call(), self.ctx.run("streaming"):
+                return self._chunked(self._forward_streaming, x, return_steps)
+        with self.ctx.run("cummean" if return_steps else "mean"):
+            return self._chunked(self._forward_multistep, x, return_steps)
+
+    def forward_steps(self, x: torch.Tensor):
+        """Outputs with the per-step values of the output layer (mode ``steps``), ``[T, N, ...]``."""
+        with self.ctx.run("steps"):
+            return self._unfold_time(self.net(x))
+
+    def _chunked(self, forward, x: torch.Tensor, return_steps: bool):
+        if self.chunk_size is None or x.shape[0] <= self.chunk_size:
+            return forward(x, return_steps)
+        parts = [forward(chunk, return_steps) for chunk in x.split(self.chunk_size)]
+        if not return_steps:
+            return _cat_outputs(parts, dim=0)
+        return _cat_outputs([p[0] for p in parts], dim=0), _cat_outputs([p[1] for p in parts], dim=1)
+
+    def _unfold_time(self, outputs):
+        """Folded ``[T*N, ...]`` outputs -> ``[T, N, ...]``."""
+        T = self.ctx.current().timesteps
+        return _map_tensors(lambda t: t.reshape(T, t.shape[0] // T, *t.shape[1:]), outputs)
+
+    def _forward_multistep(self, x: torch.Tensor, return_steps: bool):
         if not return_steps:
             return self.net(x)
-        T = self.timesteps
-        self.ctx.mode = "cummean"
-        try:
-            steps = _map_tensors(lambda t: t.reshape(T, t.shape[0] // T, *t.shape[1:]), self.net(x))
-        finally:
-            self.ctx.mode = "mean"
+        steps = self._unfold_time(self.net(x))
         return _map_tensors(lambda s: s[-1], steps), steps
 
     def _forward_streaming(self, x: torch.Tensor, return_steps: bool):
@@ -227,34 +281,50 @@ class SpikingModel(nn.Module):
             self._streaming = _split_static(self.net)
         static, step = self._streaming
         boundary = static(x)  # the analog-input side, computed once
-        for m in self.net.modules():
-            if isinstance(m, (TimeCollapse, IFNeuron)):
-                m.reset()
+        self._reset_state()
         outputs = []
-        self.ctx.mode = "streaming"
         try:
-            for _ in range(self.timesteps):
+            for _ in range(self.ctx.current().timesteps):
                 out = step(*boundary)
                 if return_steps:
                     outputs.append(out)
         finally:
-            self.ctx.mode = "mean"
-            for m in self.net.modules():  # free the state: it is as large as all activations
-                if isinstance(m, (TimeCollapse, IFNeuron)):
-                    m.reset()
+            self._reset_state()  # free the state: it is as large as all activations
         if not return_steps:
             return out
-        steps = _stack_outputs(outputs)
-        return out, steps
+        return out, _stack_outputs(outputs)
 
-    def forward_steps(self, x: torch.Tensor):
-        """Outputs with the per-step values of the output layer (mode ``steps``), ``[T, N, ...]``."""
-        T = self.timesteps
-        self.ctx.mode = "steps"
+    def _reset_state(self) -> None:
+        for m in self.net.modules():
+            if isinstance(m, (TimeCollapse, IFNeuron)):
+                m.reset()
+
+    @contextmanager
+    def _streaming_call(self) -> Iterator[None]:
+        """Hold this model's streaming state for one call; refuse a second call meanwhile.
+
+        The state (membranes, spike counts, running sums) lives in the graph's modules, so two
+        streaming calls at once, in two threads or one nested in the other, would mix it up.
+        """
+        with _STREAMING_LOCK:
+            if id(self.net) in _STREAMING_NETS:
+                raise RuntimeError(
+                    "a streaming call is already running on this SpikingModel (in another thread, or "
+                    "this call is nested in it). Its streaming state lives in the model's neurons, so "
+                    "a model runs one streaming call at a time: use mode='multistep', or one copy of "
+                    "the model per thread (copy.deepcopy(snn))."
+                )
+            _STREAMING_NETS.add(id(self.net))
         try:
-            return _map_tensors(lambda t: t.reshape(T, t.shape[0] // T, *t.shape[1:]), self.net(x))
+            yield
         finally:
-            self.ctx.mode = "mean"
+            with _STREAMING_LOCK:
+                _STREAMING_NETS.discard(id(self.net))
+
+
+# the graphs (by id) that have a streaming call in progress
+_STREAMING_NETS: set[int] = set()
+_STREAMING_LOCK = threading.Lock()
 
 
 def _cat_outputs(outputs: list, dim: int):

@@ -313,6 +313,30 @@ def test_streaming_mode_gives_the_multistep_outputs(signed):
         snn.mode = "fast"
 
 
+class InputSkip(nn.Module):
+    """The analog input, through its own conv, joins the spikes of the second layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.a1, self.c2 = nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)
+        self.skip, self.a2, self.out = nn.Conv2d(1, 4, 1), nn.ReLU(), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.out(self.a2(self.c2(self.a1(self.c1(x))) + self.skip(x)))
+
+
+def test_streaming_mode_feeds_analog_values_that_meet_spikes_once_per_step():
+    # the skip's value is computed once, before the steps; it must not be repeated over T there
+    torch.manual_seed(0)
+    snn = convert_to_snn(quantize_model(InputSkip(), 2, alpha_init=1.0).eval(), timesteps=5)
+    x = torch.randn(3, 1, 6, 6)
+    with torch.no_grad():
+        out, steps = snn(x, return_steps=True)
+        snn.mode = "streaming"
+        s_out, s_steps = snn(x, return_steps=True)
+    assert torch.allclose(s_steps, steps, atol=1e-5) and torch.allclose(s_out, out, atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["multistep", "streaming"])
 def test_chunked_batches_give_the_whole_batch_outputs(mode):
     torch.manual_seed(0)
