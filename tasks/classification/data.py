@@ -1,4 +1,5 @@
-"""LightningDataModules for image classification: scikit-learn digits, CIFAR-10/100 and ImageNet.
+"""LightningDataModules for image classification: scikit-learn digits, CIFAR-10/100, Fashion-MNIST
+and ImageNet.
 
 Every module yields ``(images float32 [B, C, H, W] normalised, labels int64 [B])`` and exposes
 ``num_classes``, ``in_channels`` and ``image_size`` right after construction so that models can be
@@ -8,23 +9,38 @@ built before ``setup``; loaders and loader settings come from :class:`~tasks.com
 
 from __future__ import annotations
 
+import copy
+import gzip
+import logging
 import os
 import pickle
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision import transforms as T
-from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
+from torchvision.datasets import CIFAR10, CIFAR100, MNIST, FashionMNIST, ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from tasks.common.constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD
+from tasks.common.constants import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+)
 from tasks.common.data import DataError, DataModule, data_error, flip_probability, require_paths
 
-__all__ = ["DigitsDataModule", "CIFARDataModule", "ImageNetDataModule"]
+__all__ = ["DigitsDataModule", "CIFARDataModule", "FashionMNISTDataModule", "ImageNetDataModule"]
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,6 +375,232 @@ class CIFARDataModule(DataModule):
         self._check_layout()
         train = split == "train"
         return _CIFAR_DATASETS[self.variant](self.root, train=train, transform=self._transforms(train=train))
+
+
+# --------------------------------------------------------------------------------------------------
+# Fashion-MNIST
+# --------------------------------------------------------------------------------------------------
+
+#: Where Debian's package ``dataset-fashion-mnist`` puts the four gzipped idx files.
+FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+FASHION_MNIST_SOURCE = (
+    f"apt-get install dataset-fashion-mnist (Debian / Ubuntu: the files land in {FASHION_MNIST_DEBIAN_DIR}), "
+    "or the four files train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and "
+    "t10k-labels-idx1-ubyte.gz of the public release, https://github.com/zalandoresearch/fashion-mnist (data/fashion)"
+)
+FASHION_MNIST_LAYOUT = "\n".join(
+    [f"{name}.gz        (or uncompressed: {name})" for name in FASHION_MNIST_FILES]
+    + ["either directly in the root, or in root/FashionMNIST/raw/ (torchvision's layout)"]
+)
+_IDX_UBYTE = 0x08  # the idx type code of unsigned bytes; magic = 0x0000 0800 + number of dimensions
+
+
+def _fashion_error(problem: str, root: Path) -> DataError:
+    return data_error("Fashion-MNIST", problem, root=root, layout=FASHION_MNIST_LAYOUT, source=FASHION_MNIST_SOURCE)
+
+
+def _idx_file(folder: Path, name: str) -> Path | None:
+    """``folder/name`` or ``folder/name.gz``, the uncompressed one first; ``None`` if neither is a file."""
+    return next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
+
+
+def read_idx(path: Path, ndim: int, root: Path) -> np.ndarray:
+    """The unsigned-byte array of an idx file (gzipped when its name ends in ``.gz``), checked.
+
+    The header is the magic number ``0x00000800 + ndim`` then ``ndim`` big-endian 32-bit sizes;
+    the data follows, exactly as many bytes as the sizes say. Raises :class:`DataError` naming
+    the file when it is not such a file (bad magic, truncated, trailing bytes, broken gzip).
+    """
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise _fashion_error(f"cannot read {path}: {type(err).__name__}: {err}", root) from err
+    header = 4 * (1 + ndim)
+    if len(data) < header:
+        raise _fashion_error(f"{path} is truncated: {len(data)} bytes, less than its {header}-byte idx header", root)
+    magic, expected_magic = int.from_bytes(data[:4], "big"), (_IDX_UBYTE << 8) + ndim
+    if magic != expected_magic:
+        kind = "images" if ndim == 3 else "labels"
+        raise _fashion_error(
+            f"{path} is not an idx file of {kind}: magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
+            f"(unsigned bytes, {ndim} dimension{'s' * (ndim > 1)})",
+            root,
+        )
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    size = int(np.prod(dims))
+    if len(data) != header + size:
+        what = "truncated" if len(data) < header + size else "longer than its header says"
+        raise _fashion_error(
+            f"{path} is {what}: the header announces {' x '.join(map(str, dims))} = {size} bytes of data, "
+            f"the file holds {len(data) - header}",
+            root,
+        )
+    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+
+
+def find_fashion_mnist(root: str | os.PathLike, fallback_roots=()) -> Path:
+    """The folder holding the four Fashion-MNIST files: ``root`` itself or ``root/FashionMNIST/raw``,
+    else the same two places under each of ``fallback_roots`` (a warning names the one used).
+
+    A folder holding some of the four files but not all raises :class:`DataError` naming the
+    missing ones; no files anywhere raises it listing every folder looked in.
+    """
+    root = Path(root).expanduser()
+    bases = [root, *(Path(r).expanduser() for r in fallback_roots)]
+    looked = [folder for base in bases for folder in (base, base / "FashionMNIST" / "raw")]
+    for folder in looked:
+        found = {name: _idx_file(folder, name) for name in FASHION_MNIST_FILES}
+        if not any(found.values()):
+            continue
+        missing = [name for name, path in found.items() if path is None]
+        if missing:
+            raise _fashion_error(
+                f"{folder} holds some of the Fashion-MNIST files but not "
+                + ", ".join(f"{folder / m}(.gz)" for m in missing),
+                folder,
+            )
+        if folder in (root, root / "FashionMNIST" / "raw"):
+            log.info("Fashion-MNIST: reading the files in %s", folder)
+        else:
+            log.warning("Fashion-MNIST: no files under data.root=%s; using the ones in %s", root, folder)
+        return folder
+    raise _fashion_error("no Fashion-MNIST files found; looked in " + ", ".join(map(str, looked)), root)
+
+
+class _FashionMNISTFolder(FashionMNIST):
+    """torchvision's ``FashionMNIST`` (class names, PIL samples, transforms) over the idx files in
+    ``folder``, gzipped or not, checked by :func:`read_idx`.
+
+    torchvision's own loading looks only in ``root/FashionMNIST/raw``, reads no ``.gz`` file and
+    fails on a broken file with a bare assertion; this reads the same files wherever they are.
+    """
+
+    def __init__(self, folder: Path, train: bool = True, transform=None) -> None:
+        # Skip MNIST.__init__ (fixed folder, download logic); keep everything else the class provides.
+        super(MNIST, self).__init__(str(folder), transform=transform)
+        self.train = train
+        self.folder = Path(folder)
+        self.data, self.targets = self._load_data()
+
+    @property
+    def raw_folder(self) -> str:
+        return str(self.folder)
+
+    def _load_data(self):
+        prefix = "train" if self.train else "t10k"
+        images_file = _idx_file(self.folder, f"{prefix}-images-idx3-ubyte")
+        labels_file = _idx_file(self.folder, f"{prefix}-labels-idx1-ubyte")
+        for name, path in ((f"{prefix}-images-idx3-ubyte", images_file), (f"{prefix}-labels-idx1-ubyte", labels_file)):
+            if path is None:
+                raise _fashion_error(f"missing file {self.folder / name}(.gz)", self.folder)
+        images, labels = read_idx(images_file, 3, self.folder), read_idx(labels_file, 1, self.folder)
+        if images.shape[1:] != (28, 28):
+            raise _fashion_error(
+                f"{images_file} holds {images.shape[1]}x{images.shape[2]} images, not 28x28", self.folder
+            )
+        if len(images) != len(labels):
+            raise _fashion_error(
+                f"{images_file} holds {len(images)} images but {labels_file} {len(labels)} labels", self.folder
+            )
+        if len(labels) and labels.max() >= len(self.classes):
+            raise _fashion_error(f"{labels_file} holds label {labels.max()}; Fashion-MNIST's are 0..9", self.folder)
+        return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
+
+
+class FashionMNISTDataModule(DataModule):
+    """Fashion-MNIST (Zalando): 28x28 grey images of clothes, 10 classes, 60000 train + 10000 test.
+
+    Reads the four official idx files, gzipped or not, from ``root`` itself or from
+    ``root/FashionMNIST/raw`` (torchvision's layout); when neither holds them, from the same places
+    under ``fallback_roots`` (by default Debian's ``/usr/share/datasets/fashion-mnist``), with a
+    warning naming the folder used. Never downloads.
+
+    Validation is ``val_size`` images of the official training set, drawn at random with
+    ``split_seed`` (independent of the global seed), training the rest; test is the official test
+    set. Images are zero-padded (centred) to ``image_size`` when it is larger than 28 (default 32,
+    the input size of the CIFAR backbones), resized when smaller. Training augmentation
+    (``augment``): a random crop of the image padded by ``crop_padding`` pixels and a horizontal
+    flip with probability ``flip``. Normalisation with the training set's mean / std.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        image_size: int = 32,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        augment: bool = True,
+        crop_padding: int = 4,
+        flip: float = 0.5,
+        fallback_roots=(FASHION_MNIST_DEBIAN_DIR,),
+    ) -> None:
+        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory)
+        for name, value, low in (
+            ("image_size", image_size, 8),
+            ("val_size", val_size, 1),
+            ("crop_padding", crop_padding, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        self.root = Path(root).expanduser()
+        self.fallback_roots = [Path(r).expanduser() for r in fallback_roots or ()]
+        self.image_size, self.val_size, self.split_seed = image_size, val_size, split_seed
+        self.augment, self.crop_padding, self.flip = augment, crop_padding, flip_probability(flip)
+        self.num_classes, self.in_channels = 10, 1
+        self.classes = tuple(FashionMNIST.classes)
+        self.mean, self.std = FASHION_MNIST_MEAN, FASHION_MNIST_STD
+        self.folder: Path | None = None  # where the files were found
+        self.split_indices: dict[str, np.ndarray] | None = None
+        self._official_train: _FashionMNISTFolder | None = None
+
+    def prepare_data(self) -> None:
+        """Never downloads; only finds the files."""
+        self._folder()
+
+    def _folder(self) -> Path:
+        if self.folder is None:
+            self.folder = find_fashion_mnist(self.root, self.fallback_roots)
+        return self.folder
+
+    def _transforms(self, train: bool):
+        extra = self.image_size - 28
+        ops = [T.Pad((extra // 2, extra // 2, extra - extra // 2, extra - extra // 2))] if extra > 0 else []
+        ops += [T.Resize(self.image_size, antialias=True)] if extra < 0 else []
+        if train and self.augment:
+            ops += [T.RandomCrop(self.image_size, padding=self.crop_padding), T.RandomHorizontalFlip(self.flip)]
+        return T.Compose(ops + [T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def _training_set(self) -> _FashionMNISTFolder:
+        """The official training set (read once), and its split into train / val indices."""
+        if self._official_train is None:
+            data = _FashionMNISTFolder(self._folder(), train=True)
+            if self.val_size >= len(data):
+                raise ValueError(
+                    f"val_size={self.val_size} leaves no training images: the training set in {self.folder} "
+                    f"has {len(data)}"
+                )
+            order = np.random.default_rng(self.split_seed).permutation(len(data))
+            self.split_indices = {"train": np.sort(order[self.val_size :]), "val": np.sort(order[: self.val_size])}
+            self._official_train = data
+        return self._official_train
+
+    def _dataset(self, split: str) -> Dataset:
+        if split == "test":
+            return _FashionMNISTFolder(self._folder(), train=False, transform=self._transforms(train=False))
+        data = copy.copy(self._training_set())  # shares the arrays; only the transform differs
+        data.transform = self._transforms(train=split == "train")
+        return Subset(data, self.split_indices[split].tolist())
 
 
 # --------------------------------------------------------------------------------------------------
