@@ -235,11 +235,16 @@ def _best_checkpoint(trainer: L.Trainer) -> str:
     callback = trainer.checkpoint_callback
     if callback is None:
         log.warning(
-            "no ModelCheckpoint callback (callbacks.model_checkpoint is null): the stages after training "
-            "use the final weights, not the best ones"
+            "checkpointing is off (trainer.enable_checkpointing=false): the stages after training use the final "
+            "weights, not the best ones"
         )
         return ""
-    if not callback.best_model_path:
+    if callback.monitor is None:  # e.g. Lightning's own when callbacks.model_checkpoint is null
+        log.warning(
+            "the ModelCheckpoint monitors no metric (is callbacks.model_checkpoint null?): the stages after "
+            "training use the final weights, not the best ones"
+        )
+    elif not callback.best_model_path:
         log.warning(
             "no best checkpoint was saved (is %s logged?): the stages after training use the final weights",
             callback.monitor,
