@@ -48,7 +48,7 @@ from torch.nn import functional as F
 import fastsnn
 from benchmarks import bench_utils as bu
 from fastsnn.backbones import create_backbone
-from fastsnn.convert import _fold_batch_norms, _freeze_quantized_weights, trace
+from fastsnn.convert import frozen_ann
 
 ARCHS = ("vgg11", "resnet20")
 SNN_VARIANTS = ("fastsnn_compiled", "fastsnn_integer", "fastsnn_chunked", "fastsnn_eager", "fastsnn_streaming")
@@ -78,12 +78,7 @@ def weight_bits(args, bits: int) -> int | None:
 
 def fold_bn(model: nn.Module) -> nn.Module:
     """The model with its quantized weights frozen and eval batch norm folded into the convs."""
-    model = copy.deepcopy(model).eval()
-    _freeze_quantized_weights(model)
-    gm = trace(model)
-    _fold_batch_norms(gm)
-    gm.recompile()
-    return gm.eval()
+    return frozen_ann(model)
 
 
 def build_float(arch: str, width: float, seed: int, device) -> nn.Module:

@@ -18,6 +18,11 @@ regions:
   is the mean over T of the output layer's per-step outputs, at 1/T of the cost.
 
 The result, :class:`SpikingModel`, is a plain ``nn.Module``; the ANN is left untouched.
+
+:func:`convert_to_snn` runs four steps: trace a frozen copy of the ANN (``passes``), classify
+its nodes into these regions (``regions``), check what runs on spikes (``rules``), rebuild the
+graph with neurons and time adapters (``rebuild``); the result runs on the modules of
+``runtime``, with the optional int8 synapses of ``integer``.
 """
 
 from __future__ import annotations
@@ -26,32 +31,40 @@ import copy
 
 from torch import fx, nn
 
-from ..neuron import IFNeuron
-from ..quant import QuantReLU, activation_bits
+from ..quant import activation_bits
 from .integer import MIN_INTEGER_CHANNELS, SpikeConv2d, _use_integer_kernels, integer_grid
-from .passes import _fold_batch_norms, _freeze_quantized_weights, _has_weights, _reaches, trace
-from .rules import ConversionError, _check_spiking_op, register_linear_function, register_linear_module
+from .passes import fold_batch_norms, freeze_quantized_weights, frozen_ann, static_linear_modules, trace
+from .rebuild import SpikingGraphBuilder
+from .regions import Regions, check, classify
+from .rules import ConversionError, register_linear_function, register_linear_module
 from .runtime import (
     GraphNeuron,
+    RunState,
     SpikingLayer,
     SpikingModel,
     StaticExpand,
     TimeCollapse,
     TimeContext,
-    _static_linear_modules,
+    after_neurons,
 )
 
 __all__ = [
     "MIN_INTEGER_CHANNELS",
     "ConversionError",
     "GraphNeuron",
+    "Regions",
+    "RunState",
     "SpikeConv2d",
+    "SpikingGraphBuilder",
     "SpikingLayer",
     "SpikingModel",
     "StaticExpand",
     "TimeCollapse",
     "TimeContext",
     "convert_to_snn",
+    "fold_batch_norms",
+    "freeze_quantized_weights",
+    "frozen_ann",
     "integer_grid",
     "register_linear_function",
     "register_linear_module",
@@ -106,99 +119,21 @@ def convert_to_snn(
     T = _default_timesteps(qmodel) if timesteps is None else int(timesteps)
     if T < 1:
         raise ValueError(f"timesteps must be >= 1, got {timesteps}")
-    model = copy.deepcopy(qmodel).eval()
-    _freeze_quantized_weights(model)
-    src = trace(model)
+    src = _traced_copy(qmodel)
+    regions = classify(src)
+    check(src, regions)
     ctx = TimeContext(T)
-
-    # regions: static (input only), const (neither), temporal (after some neuron)
-    kind: dict[fx.Node, str] = {}
-    for node in src.graph.nodes:
-        if node.op == "placeholder":
-            kind[node] = "static"
-        elif node.op == "get_attr":
-            kind[node] = "const"
-        elif node.op == "call_module" and isinstance(src.get_submodule(node.target), QuantReLU):
-            kind[node] = "neuron"
-        else:
-            inputs = {kind[a] for a in node.all_input_nodes}
-            kind[node] = "temporal" if inputs & {"temporal", "neuron"} else "static" if "static" in inputs else "const"
-    reaches_neuron = _reaches(src, lambda u: kind[u] == "neuron")
-    spiking = {n for n in src.graph.nodes if kind[n] == "temporal" and reaches_neuron[n]}
-    if not any(k == "neuron" for k in kind.values()):
-        raise ConversionError("the traced model has no QuantReLU call: quantize it first.")
-    # After the last neurons only the decoding tail (no weights after it) may be nonlinear:
-    # a nonlinearity feeding another layer there would be an analog layer hiding in the SNN.
-    reaches_weights = _reaches(src, lambda u: _has_weights(u, src))
-    for node in src.graph.nodes:
-        if node.op == "call_module" and type(src.get_submodule(node.target)) is nn.ReLU:
-            _check_spiking_op(node, src, set())  # a plain ReLU anywhere: not quantized
-        if node in spiking or (kind[node] == "temporal" and reaches_weights[node]):
-            _check_spiking_op(node, src, spiking | {n for n in kind if kind[n] in ("neuron", "temporal")})
-
-    def in_output(n):  # temporal, after the last neurons
-        return kind[n] == "temporal" and n not in spiking
-
-    graph = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    adapters: dict[tuple[str, fx.Node], fx.Node] = {}
-    layers: list[SpikingLayer] = []
-    neuron_names: dict[str, int] = {}
-
-    def adapter(what: str, node: fx.Node) -> fx.Node:
-        key = (what, node)
-        if key not in adapters:
-            name = f"{what}_{node.name}"
-            module = TimeCollapse(ctx) if what == "collapse" else StaticExpand(ctx, always=what == "expand")
-            src.add_submodule(name, module)
-            adapters[key] = graph.call_module(name, (env[node],))
-        return adapters[key]
-
-    def value_for(user_region: str, a: fx.Node) -> fx.Node:
-        """The new-graph value of input ``a`` as seen from a node of ``user_region``."""
-        if user_region == "spiking" and kind[a] == "static":
-            return adapter("expand", a)
-        if user_region == "output":
-            if kind[a] == "static":
-                return adapter("expand_unrolled", a)
-            if kind[a] == "neuron" or a in spiking:
-                return adapter("collapse", a)
-        return env[a]
-
-    for node in src.graph.nodes:
-        if node.op == "output":
-
-            def out_value(a):
-                if kind[a] == "neuron" or a in spiking:
-                    return adapter("collapse", a)
-                return value_for("output", a)
-
-            graph.output(fx.node.map_arg(node.args[0], out_value))
-            continue
-        if kind[node] == "neuron":
-            (inp,) = node.all_input_nodes
-            constant = kind[inp] == "static"
-            qrelu = src.get_submodule(node.target)
-            calls = neuron_names.get(node.target, 0)
-            neuron_names[node.target] = calls + 1
-            name = f"{node.target.replace('.', '_')}_neuron" + (f"{calls}" if calls else "")
-            gn = GraphNeuron(IFNeuron(qrelu.alpha.detach(), signed, compiled), ctx, constant, node.name, node.target)
-            src.add_submodule(name, gn.to(qrelu.alpha.device))
-            env[node] = graph.call_module(name, (env[inp] if constant else value_for("spiking", inp),))
-            layers.append(SpikingLayer(name=name, path=node.target, constant_input=constant))
-            continue
-        region = "spiking" if node in spiking else "output" if in_output(node) else "static"
-        if node.op == "call_module" and isinstance(
-            src.get_submodule(node.target), (nn.Identity, nn.modules.dropout._DropoutNd)
-        ):
-            env[node] = value_for(region, node.args[0])  # identity in eval mode
-            continue
-        env[node] = graph.node_copy(node, lambda a, region=region: value_for(region, a))
-
-    graph.lint()
-    net = fx.GraphModule(src, graph, class_name=f"Spiking{type(qmodel).__name__}")
-    _fold_batch_norms(net)
+    net, layers = SpikingGraphBuilder(src, regions, ctx, signed, compiled).build(f"Spiking{type(qmodel).__name__}")
+    fold_batch_norms(net)
     if integer_kernels:
         _use_integer_kernels(net)
     net.recompile()
-    return SpikingModel(net, ctx, signed, layers, _static_linear_modules(net), mode, chunk_size)
+    return SpikingModel(net, ctx, signed, layers, static_linear_modules(net, after_neurons(net)), mode, chunk_size)
+
+
+def _traced_copy(qmodel: nn.Module) -> fx.GraphModule:
+    """A trace of a copy of ``qmodel`` in eval mode, its quantized weights frozen (``qmodel`` is not touched)."""
+    model = copy.deepcopy(qmodel).eval()
+    freeze_quantized_weights(model)
+    src = trace(model)
+    return src

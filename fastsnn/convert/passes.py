@@ -2,14 +2,17 @@
 
 Tracing (quantized layers kept as leaves), freezing quantized weights, folding eval batch
 norm into the layer before it, and splitting a converted graph into its analog-input part
-and one time step (streaming mode).
+and one time step (streaming mode). :func:`frozen_ann` applies the first three to a copy of
+a quantized ANN: the ANN as the converted SNN's layers compute it (e.g. a fair baseline).
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+
 import torch
 from torch import fx, nn
-from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from ..quant import QuantConv2d, QuantLinear, QuantReLU
@@ -34,7 +37,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(model, graph, class_name=type(model).__name__)
 
 
-def _freeze_quantized_weights(model: nn.Module) -> None:
+def freeze_quantized_weights(model: nn.Module) -> None:
     """QuantConv2d / QuantLinear -> plain layers holding their quantized weights."""
     for name, m in list(model.named_modules()):
         if isinstance(m, (QuantConv2d, QuantLinear)):
@@ -61,8 +64,8 @@ def _freeze_quantized_weights(model: nn.Module) -> None:
             setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
-def _fold_batch_norms(gm: fx.GraphModule) -> None:
-    """Fold eval batch norm into the conv / linear layer before it (exact, saves T passes)."""
+def fold_batch_norms(gm: fx.GraphModule) -> None:
+    """Fold eval batch norm into the conv / linear layer before it, in place (exact, saves T passes)."""
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
@@ -95,15 +98,55 @@ def _fold_batch_norms(gm: fx.GraphModule) -> None:
     gm.delete_all_unused_submodules()
 
 
-def _reaches(gm: fx.GraphModule, hit) -> dict[fx.Node, bool]:
-    """For every node: does some path from it lead to a node for which ``hit(node)``?"""
-    reaches: dict[fx.Node, bool] = {}
-    for node in reversed(gm.graph.nodes):
-        reaches[node] = any(hit(u) or reaches[u] for u in node.users)
-    return reaches
+def frozen_ann(qmodel: nn.Module) -> fx.GraphModule:
+    """A traced copy of ``qmodel`` in eval mode, quantized weights frozen, eval batch norm folded."""
+    model = copy.deepcopy(qmodel).eval()
+    freeze_quantized_weights(model)
+    gm = trace(model)
+    fold_batch_norms(gm)
+    gm.recompile()
+    return gm.eval()
 
 
-def _has_weights(node: fx.Node, gm: fx.GraphModule) -> bool:
-    if node.op == "call_module":
-        return isinstance(gm.get_submodule(node.target), (nn.modules.conv._ConvNd, nn.Linear))
-    return node.target in (F.conv1d, F.conv2d, F.conv3d, F.linear)
+def dependents(gm: fx.GraphModule, is_source: Callable[[fx.Node], bool]) -> set[fx.Node]:
+    """The nodes for which ``is_source`` holds and all nodes that depend on one of them."""
+    found: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if is_source(node) or any(a in found for a in node.all_input_nodes):
+            found.add(node)
+    return found
+
+
+def split_static(net: fx.GraphModule, temporal: set[fx.Node]) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """Split a converted graph into the analog-input part (run once) and one time step.
+
+    ``temporal`` are the nodes that depend on some neuron; the step graph takes the static
+    values that they use as its inputs.
+    """
+    static_nodes = [n for n in net.graph.nodes if n not in temporal and n.op not in ("output", "get_attr")]
+    boundary = [n for n in static_nodes if any(u in temporal or u.op == "output" for u in n.users)]
+
+    static_graph, env = fx.Graph(), {}
+    for node in net.graph.nodes:
+        if node.op == "get_attr" or node in static_nodes:
+            env[node] = static_graph.node_copy(node, env.__getitem__)
+    static_graph.output(tuple(env[n] for n in boundary))
+
+    step_graph, step_env = fx.Graph(), {}
+    for node in boundary:
+        step_env[node] = step_graph.placeholder(node.name)
+    for node in net.graph.nodes:
+        if node.op == "get_attr" or node in temporal or node.op == "output":
+            step_env[node] = step_graph.node_copy(node, step_env.__getitem__)
+    return fx.GraphModule(net, static_graph), fx.GraphModule(net, step_graph)
+
+
+def static_linear_modules(net: fx.GraphModule, temporal: set[fx.Node]) -> frozenset[str]:
+    """Conv / linear modules of ``net`` outside ``temporal``: they run on the analog input."""
+    return frozenset(
+        node.target
+        for node in net.graph.nodes
+        if node.op == "call_module"
+        and node not in temporal
+        and isinstance(net.get_submodule(node.target), (nn.Linear, nn.modules.conv._ConvNd))
+    )

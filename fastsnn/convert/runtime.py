@@ -17,6 +17,7 @@ import torch
 from torch import fx, nn
 
 from ..neuron import IFNeuron
+from .passes import dependents, split_static
 
 
 @dataclass(frozen=True)
@@ -278,7 +279,7 @@ class SpikingModel(nn.Module):
 
     def _forward_streaming(self, x: torch.Tensor, return_steps: bool):
         if self._streaming is None:
-            self._streaming = _split_static(self.net)
+            self._streaming = split_static(self.net, after_neurons(self.net))
         static, step = self._streaming
         boundary = static(x)  # the analog-input side, computed once
         self._reset_state()
@@ -347,45 +348,6 @@ def _stack_outputs(outputs: list):
     return type(first)(_stack_outputs(list(parts)) for parts in zip(*outputs))
 
 
-def _split_static(net: fx.GraphModule) -> tuple[fx.GraphModule, fx.GraphModule]:
-    """Split a converted graph into the analog-input part (run once) and one time step.
-
-    The step graph takes the static values that the spiking part uses as its inputs.
-    """
-    temporal: set[fx.Node] = set()
-    for node in net.graph.nodes:
-        module = net.get_submodule(node.target) if node.op == "call_module" else None
-        if isinstance(module, GraphNeuron) or any(a in temporal for a in node.all_input_nodes):
-            temporal.add(node)
-    static_nodes = [n for n in net.graph.nodes if n not in temporal and n.op not in ("output", "get_attr")]
-    boundary = [n for n in static_nodes if any(u in temporal or u.op == "output" for u in n.users)]
-
-    static_graph, env = fx.Graph(), {}
-    for node in net.graph.nodes:
-        if node.op == "get_attr" or node in static_nodes:
-            env[node] = static_graph.node_copy(node, env.__getitem__)
-    static_graph.output(tuple(env[n] for n in boundary))
-
-    step_graph, step_env = fx.Graph(), {}
-    for node in boundary:
-        step_env[node] = step_graph.placeholder(node.name)
-    for node in net.graph.nodes:
-        if node.op == "get_attr":
-            step_env[node] = step_graph.node_copy(node, step_env.__getitem__)
-        elif node in temporal or node.op == "output":
-            step_env[node] = step_graph.node_copy(node, step_env.__getitem__)
-    static_gm, step_gm = fx.GraphModule(net, static_graph), fx.GraphModule(net, step_graph)
-    return static_gm, step_gm
-
-
-def _static_linear_modules(net: fx.GraphModule) -> frozenset[str]:
-    """Conv / linear modules that run on the analog input (before any neuron)."""
-    temporal: set[fx.Node] = set()
-    static: set[str] = set()
-    for node in net.graph.nodes:
-        module = net.get_submodule(node.target) if node.op == "call_module" else None
-        if isinstance(module, GraphNeuron) or any(a in temporal for a in node.all_input_nodes):
-            temporal.add(node)
-        elif isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
-            static.add(node.target)
-    return frozenset(static)
+def after_neurons(net: fx.GraphModule) -> set[fx.Node]:
+    """The neurons of a converted graph and every node that depends on them."""
+    return dependents(net, lambda n: n.op == "call_module" and isinstance(net.get_submodule(n.target), GraphNeuron))
