@@ -110,6 +110,7 @@ def run(cfg: DictConfig) -> dict:
         "stages": list(stages),
         "metric": exp.module.metric,
         "output_dir": str(exp.out_dir),
+        "torch_threads": torch.get_num_threads(),  # CPU results depend on it (README, "Reproducibility")
         "time_s": {},
     }
     status = "failed"
