@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 from hydra.utils import instantiate
+from omegaconf.errors import InterpolationKeyError
 
 from fastsnn import QuantReLU
 from tasks.detection.module import DetectionModule
@@ -70,17 +71,27 @@ def test_yolo_r34_composes_and_runs_one_tiny_step(tmp_path):
     assert results["ann"] is not None and results["snn"] is not None
 
 
+# the values of the recipes' per_bits table: (lr, max_epochs) by bit width
+PER_BITS = {4: (0.001, 160), 3: (0.0005, 60), 2: (0.0005, 60)}
+
+
+@pytest.mark.parametrize("bits", sorted(PER_BITS))
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_paper_recipes_compose_and_instantiate(tmp_path, experiment):
+def test_paper_recipes_compose_and_instantiate(tmp_path, experiment, bits):
     cfg = _compose(
-        tmp_path, f"experiment={experiment}", "trainer.accelerator=cpu", "trainer.precision=32-true", tiny=False
+        tmp_path,
+        f"experiment={experiment}",
+        f"bits={bits}",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        tiny=False,
     )
-    data_name, model_name, bits = (
-        experiment.split("_", 1)[0],
-        experiment.split("_", 1)[1].rsplit("_", 1)[0],
-        int(experiment[-4]),
-    )
+    data_name, model_name = experiment.split("_", 1)
     assert cfg.task.name == "detection" and cfg.model.name == model_name and cfg.bits == bits
+    assert (cfg.task.module.optimizer.lr, cfg.trainer.max_epochs) == PER_BITS[bits] and f"{bits}bit" in cfg.tags
+    missing = _compose(tmp_path, f"experiment={experiment}", "bits=5", tiny=False)
+    with pytest.raises(InterpolationKeyError, match=r"per_bits\.lr\.b5"):  # a bit width without values
+        instantiate(missing.task.module.optimizer)
     assert cfg.data.image_size == 416 and cfg.model.net.width == 1.0 and cfg.model.quant.weight_bits is None
     assert cfg.task.metric == ("map" if data_name == "coco" else "map_50") == cfg.task.module.metric
     exp = build(cfg)  # constructing the data module must not touch the (absent) data
