@@ -16,12 +16,14 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from ..quant import QuantConv2d, QuantLinear, QuantReLU
-from .rules import ConversionError
+from .rules import ConversionError, declared_linear
 
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (QuantReLU, QuantConv2d, QuantLinear)) or super().is_leaf_module(m, qualname)
+        if isinstance(m, (QuantReLU, QuantConv2d, QuantLinear)) or declared_linear(m):
+            return True  # converted as a whole: quantized layers, and modules declared linear
+        return super().is_leaf_module(m, qualname)
 
 
 def trace(model: nn.Module) -> fx.GraphModule:

@@ -20,7 +20,31 @@ class ConversionError(ValueError):
 
 # --------------------------------------------------------------------------- what is linear
 
-_LINEAR_MODULES: tuple[type, ...] = (
+
+class Registry:
+    """The ops of one kind declared linear per time step: module types, functions or method names.
+
+    Grows with ``register_linear_module`` / ``register_linear_function``; a function or method
+    name is looked up as is (``in``), a module by its type, subclasses included (:meth:`matches`).
+    """
+
+    def __init__(self, *entries):
+        self._entries = dict.fromkeys(entries)  # ordered, each once
+
+    def add(self, entry):
+        """Register ``entry`` (again: no effect); returns it, so that registering can decorate."""
+        self._entries[entry] = None
+        return entry
+
+    def __contains__(self, entry) -> bool:
+        return entry in self._entries
+
+    def matches(self, module: nn.Module) -> bool:
+        """Is ``module`` an instance of one of the registered types?"""
+        return isinstance(module, tuple(self._entries))
+
+
+_LINEAR_MODULES = Registry(
     nn.Conv1d,
     nn.Conv2d,
     nn.Conv3d,
@@ -56,7 +80,7 @@ _LINEAR_MODULES: tuple[type, ...] = (
     nn.PixelShuffle,
     nn.PixelUnshuffle,
 )
-_LINEAR_FUNCTIONS = {
+_LINEAR_FUNCTIONS = Registry(
     operator.add,
     operator.sub,
     operator.neg,
@@ -95,8 +119,8 @@ _LINEAR_FUNCTIONS = {
     F.pixel_shuffle,
     F.pixel_unshuffle,
     F.dropout,
-}
-_LINEAR_METHODS = {
+)
+_LINEAR_METHODS = Registry(
     "view",
     "reshape",
     "flatten",
@@ -122,7 +146,7 @@ _LINEAR_METHODS = {
     "float",
     "view_as",
     "reshape_as",
-}
+)
 # products and quotients are linear only while a single operand carries spikes
 _SCALING = {operator.mul, operator.truediv, torch.mul, torch.div, "mul", "div"}
 _MAX_POOLING = (
@@ -148,17 +172,20 @@ def register_linear_module(cls: type) -> type:
     """Declare a custom module type linear per time step (usable as a class decorator).
 
     Only do this for modules whose output is a linear (or affine) function of their input
-    for every sample: the converter runs them on spike trains.
+    for every sample: the converter runs them on spike trains. Modules of exactly this type
+    are kept whole when tracing (their ``forward`` need not be traceable by ``torch.fx``).
     """
-    global _LINEAR_MODULES
-    _LINEAR_MODULES = (*_LINEAR_MODULES, cls)
-    return cls
+    return _LINEAR_MODULES.add(cls)
+
+
+def declared_linear(module: nn.Module) -> bool:
+    """Was ``module``'s own type registered? Then tracing keeps it whole, as it does torch.nn layers."""
+    return type(module) in _LINEAR_MODULES
 
 
 def register_linear_function(fn):
     """Declare a function (called in some ``forward``) linear per time step."""
-    _LINEAR_FUNCTIONS.add(fn)
-    return fn
+    return _LINEAR_FUNCTIONS.add(fn)
 
 
 def _where(node: fx.Node) -> str:
@@ -196,7 +223,7 @@ def _check_spiking_op(node: fx.Node, gm: fx.GraphModule, temporal: set[fx.Node])
                 f"{where} is a plain nn.ReLU: quantize the model first (fastsnn.quantize_model) "
                 "so that it becomes a QuantReLU."
             )
-        if isinstance(m, _LINEAR_MODULES):
+        if _LINEAR_MODULES.matches(m):
             return
         raise ConversionError(
             f"{where} ({op}) sits between spiking layers and is not known to be linear per time "
