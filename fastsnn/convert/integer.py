@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
 from .runtime import GraphNeuron
+
+logger = logging.getLogger(__name__)
 
 
 def integer_grid(weight: torch.Tensor, max_int: int = 127, max_divisor: int = 64, tol: float = 1e-4):
@@ -51,7 +55,8 @@ class SpikeConv2d(nn.Conv2d):
     rounding (the float path rounds at every addition, this one once). It falls back to the
     float convolution when gradients are enabled (layer-wise fine-tuning evaluates the layer on
     rates), when the weights leave the integer grid (e.g. after fine-tuning changed them;
-    checked again whenever the weight tensor is modified), or for unsupported settings.
+    checked again whenever the weight tensor is modified), or for unsupported settings; and for
+    good, with a warning naming the layer, when the device's int8 GEMM refuses the layer's shapes.
     """
 
     def _unit(self) -> float:
@@ -61,7 +66,8 @@ class SpikeConv2d(nn.Conv2d):
 
     def _integer_weights(self):
         version = (self.weight._version, self.weight.data_ptr(), self.weight.device, self._unit())
-        if getattr(self, "_int_cache_version", None) != version:
+        cached = getattr(self, "_int_cache", None)  # (version, weights): one attribute, replaced at once
+        if cached is None or cached[0] != version:
             grid = None
             if (
                 self.groups == 1
@@ -71,16 +77,16 @@ class SpikeConv2d(nn.Conv2d):
                 and self.weight.device.type in ("cpu", "cuda")
             ):
                 grid = integer_grid(self.weight)
-            if grid is None:
-                self._int_cache = None
-            else:
+            if grid is not None and not getattr(self, "_int_mm_failed", False):
                 ints, scale = grid
                 kh, kw = self.kernel_size
                 w = ints.permute(2, 3, 1, 0).reshape(kh * kw * self.in_channels, self.out_channels).contiguous()
                 bias = self.bias.detach().float() if self.bias is not None else torch.zeros_like(scale)
-                self._int_cache = (w, (scale * version[-1]).to(self.weight.device), bias)
-            self._int_cache_version = version
-        return self._int_cache
+                grid = (w, (scale * version[-1]).to(self.weight.device), bias)
+            else:
+                grid = None
+            cached = self._int_cache = (version, grid)
+        return cached[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cache = None if torch.is_grad_enabled() or x.dtype != torch.float32 or x.dim() != 4 else self._integer_weights()
@@ -111,15 +117,21 @@ class SpikeConv2d(nn.Conv2d):
             )
         try:
             y = torch._int_mm(cols.reshape(B * Ho * Wo, -1), w)
-        except RuntimeError:  # a shape / layout this device's int8 GEMM does not take: stay float
-            self._int_cache = None
+        except RuntimeError as err:  # a shape / layout this device's int8 GEMM does not take: stay float
+            self._int_mm_failed, self._int_cache = True, None
+            logger.warning(
+                "SpikeConv2d %r: the int8 GEMM (torch._int_mm) failed: %s. This layer runs the float "
+                "convolution from now on (same outputs, without the integer speed-up).",
+                getattr(self, "_graph_name", "?"),
+                err,
+            )
             return super().forward(x)
         out = torch.addcmul(bias, y.to(torch.float32), scale)
         return out.view(B, Ho, Wo, self.out_channels).permute(0, 3, 1, 2)  # channels-last memory
 
 
-# Narrower convs stay float32: measured on a CPU with VNNI (batch 192), int8 was slower at 16
-# input channels, even at 32 and 4x faster at 64 and more.
+# Narrower convs stay float32: with few input channels the im2col and the int8 conversions cost
+# more than the int8 GEMM saves (the threshold comes from benchmarks/speed.py).
 MIN_INTEGER_CHANNELS = 48
 
 
@@ -150,5 +162,6 @@ def _use_integer_kernels(gm: fx.GraphModule) -> list[str]:
         conv.__class__ = SpikeConv2d
         # a plain attribute, not a submodule: the neuron stays where it is in the module tree
         object.__setattr__(conv, "_spike_source", (gm.get_submodule(src.target).neuron, pool))
+        conv._graph_name = node.target  # for the log, should its int8 GEMM fail
         done.append(node.target)
     return done

@@ -186,9 +186,14 @@ class SpikingModel(nn.Module):
     inputs at large T). Both give the same outputs.
     ``snn.chunk_size`` (default ``None``: the whole batch at once) simulates a batch this many
     samples at a time: the outputs do not change (samples are independent), memory shrinks
-    with the chunk, and on CPUs the T-times larger tensors of the multistep mode stay in the
-    cache (ResNet-20 at T=15: 1.7x faster with chunks of 8). GPUs want whole batches.
+    with the chunk, and on CPUs the T-times larger tensors of the multistep mode can stay in
+    the cache, which makes small chunks faster there. GPUs want whole batches.
     The model is always in inference mode: ``train()`` leaves its layers in eval mode.
+
+    Each call runs with its own mode and T (read when it starts), so one model may serve
+    several threads at once, and a hook may call it from inside a call. Streaming calls are
+    the exception: their state lives in the neurons, so a model runs one streaming call at a
+    time and refuses a second one (RuntimeError); give each thread its own copy for that.
     """
 
     MODES = ("multistep", "streaming")

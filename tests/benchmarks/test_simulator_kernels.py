@@ -3,6 +3,7 @@ give the float simulation's outputs and step aside where they cannot be exact; t
 state is small (int8 spike counts, in-place membranes) and its peak memory does not grow with T."""
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -95,6 +96,30 @@ def test_integer_kernels_step_aside_where_they_cannot_be_exact():
     spikes = conv2._spike_source[0].threshold * torch.randint(-1, 2, (2, 64, 8, 8)).float()
     with torch.no_grad():
         assert torch.allclose(conv2(spikes), F.conv2d(spikes, conv2.weight, conv2.bias, 2, 1), atol=1e-5)
+
+
+def test_a_refused_int8_gemm_falls_back_to_float_once_with_a_warning_naming_the_layer(monkeypatch, caplog):
+    q = _model()
+    x = torch.randn(4, 3, 16, 16)
+    ref = fastsnn.convert_to_snn(q)
+    fast = fastsnn.convert_to_snn(q, integer_kernels=True)
+    calls = []
+
+    def refuse(a, b):
+        calls.append(a.shape)
+        raise RuntimeError("self.size(0) needs to be greater than 16")
+
+    monkeypatch.setattr(torch, "_int_mm", refuse)
+    with caplog.at_level(logging.WARNING, logger="fastsnn"), torch.no_grad():
+        first = fast(x)
+        tried = len(calls)
+        again = fast(x)
+    assert tried == 5 and len(calls) == tried  # each of the 5 integer convs tried once, then no more
+    assert torch.allclose(first, ref(x), atol=1e-5) and torch.equal(again, first)
+    warnings = [r for r in caplog.records if r.name.startswith("fastsnn") and r.levelno == logging.WARNING]
+    assert len(warnings) == 5  # once per layer, not once per call
+    assert "'c1.0'" in warnings[0].getMessage()
+    assert all("greater than 16" in w.getMessage() and "float convolution" in w.getMessage() for w in warnings)
 
 
 def test_integer_grid_recovers_quantized_weights_and_refuses_float_ones():
