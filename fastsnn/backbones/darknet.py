@@ -3,7 +3,8 @@
 The original Darknet-tiny interleaves conv3x3 + BN + LeakyReLU with 2x2 max
 pools. For conversion LeakyReLU becomes ReLU and each stride-2 max pool is
 folded into the following conv, which gets stride 2 (the final stride-1 max
-pool is dropped). Output stride 32.
+pool is dropped). Output stride 32, or 16 with ``output_stride=16`` (the 512-channel conv
+then keeps stride 1, like Tiny YOLO's last, stride-1 max pool).
 """
 
 from __future__ import annotations
@@ -20,11 +21,17 @@ _CFG = [(16, 1), (32, 2), (64, 2), (128, 2), (256, 2), (512, 2), (1024, 1)]
 
 
 class DarknetTiny(nn.Module):
-    """Darknet-tiny feature trunk; forward returns the stride-32 feature map."""
+    """Darknet-tiny feature trunk; forward returns the feature map at ``output_stride`` (32 or 16)."""
 
-    def __init__(self, in_channels: int = 3, width: float = 1.0) -> None:
+    def __init__(self, in_channels: int = 3, width: float = 1.0, output_stride: int = 32) -> None:
         super().__init__()
-        self.features, self.out_channels = conv_stack(_CFG, in_channels, width)
+        if output_stride not in (16, 32):
+            raise ValueError(f"output_stride must be 16 or 32, got {output_stride}")
+        cfg = list(_CFG)
+        if output_stride == 16:
+            cfg[5] = (cfg[5][0], 1)  # stage 6, the 512-channel conv, does not down-sample
+        self.features, self.out_channels = conv_stack(cfg, in_channels, width)
+        self.output_stride = output_stride
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -32,6 +39,6 @@ class DarknetTiny(nn.Module):
 
 
 @register_backbone("darknet_tiny")
-def darknet_tiny(in_channels: int = 3, width: float = 1.0) -> DarknetTiny:
-    """Tiny-YOLOv2 trunk without max pooling, output stride 32."""
-    return DarknetTiny(in_channels, width)
+def darknet_tiny(in_channels: int = 3, width: float = 1.0, output_stride: int = 32) -> DarknetTiny:
+    """Tiny-YOLOv2 trunk without max pooling, output stride 32 (or 16)."""
+    return DarknetTiny(in_channels, width, output_stride)

@@ -23,7 +23,7 @@ from torchvision.ops import batched_nms
 from fastsnn.backbones import create_backbone
 from fastsnn.backbones.registry import conv_bn_relu, scale_channels
 
-__all__ = ["VOC_ANCHORS", "COCO_ANCHORS", "TinyYOLO", "YOLOv2R34", "tiny_yolo", "yolov2_r34", "decode", "postprocess"]
+__all__ = ["VOC_ANCHORS", "COCO_ANCHORS", "TinyYOLO", "YOLOv2R34", "decode", "postprocess"]
 
 # yolov2-voc.cfg / yolov2.cfg (COCO) anchors, in cells of the 13 x 13 grid -> fractions of the image.
 VOC_ANCHORS = tuple(
@@ -81,11 +81,9 @@ class TinyYOLO(_YOLOBase):
         output_stride: int = 32,
     ):
         super().__init__()
-        if output_stride not in (16, 32):
-            raise ValueError(f"output_stride must be 16 or 32, got {output_stride}")
-        self.backbone = create_backbone("darknet_tiny", in_channels=in_channels, width=width)
-        if output_stride == 16:
-            self.backbone.features[5][0].stride = (1, 1)  # the 512-channel conv (stage 6)
+        self.backbone = create_backbone(
+            "darknet_tiny", in_channels=in_channels, width=width, output_stride=output_stride
+        )
         self.output_stride = output_stride
         channels = scale_channels(head_channels, width)
         self.head = conv_bn_relu(self.backbone.out_channels, channels)
@@ -136,14 +134,6 @@ class YOLOv2R34(_YOLOBase):
         if self.use_passthrough:  # a constructor constant: the trace stays static
             y = torch.cat([y, self.passthrough(c4)], dim=1)
         return self.pred(self.head3(y))
-
-
-def tiny_yolo(num_classes: int = 20, in_channels: int = 3, **kwargs) -> TinyYOLO:
-    return TinyYOLO(num_classes, in_channels, **kwargs)
-
-
-def yolov2_r34(num_classes: int = 20, in_channels: int = 3, **kwargs) -> YOLOv2R34:
-    return YOLOv2R34(num_classes, in_channels, **kwargs)
 
 
 # --------------------------------------------------------------------------- decoding

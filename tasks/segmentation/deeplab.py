@@ -1,7 +1,7 @@
 """DeepLab-style segmentation networks on the shared quantizable backbones.
 
 Both models follow the converter's rules (see ``fastsnn/backbones/registry.py`` and
-``fastsnn/convert.py``): one ``nn.ReLU`` instance per activation site (``quantize_model``
+``fastsnn/convert/``): one ``nn.ReLU`` instance per activation site (``quantize_model``
 turns each into a ``QuantReLU``, the converter each into an IF neuron layer), no max
 pooling, and a ``forward`` that ``torch.fx`` can trace (no Python branch on tensor values
 or shapes). ``forward`` returns the logits at the input's resolution.
@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from fastsnn.backbones import create_backbone
 from fastsnn.backbones.registry import conv_bn_relu, init_weights, scale_channels
 
-__all__ = ["ASPP", "DeepLabV1", "DeepLabV3", "deeplabv1", "deeplabv3"]
+__all__ = ["ASPP", "DeepLabV1", "DeepLabV3"]
 
 
 def _upsample_to(logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -159,11 +159,3 @@ class DeepLabV3(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.classifier(self.head(self.aspp(self.backbone(x))))
         return _upsample_to(logits, x)
-
-
-def deeplabv1(num_classes: int, in_channels: int = 3, **kwargs) -> DeepLabV1:
-    return DeepLabV1(num_classes, in_channels, **kwargs)
-
-
-def deeplabv3(num_classes: int, in_channels: int = 3, **kwargs) -> DeepLabV3:
-    return DeepLabV3(num_classes, in_channels, **kwargs)
