@@ -31,8 +31,9 @@ import copy
 
 from torch import fx, nn
 
-from ..quant import activation_bits
+from ..quant import _ACTIVATION_MODULES, activation_bits
 from .integer import MIN_INTEGER_CHANNELS, SpikeConv2d, _use_integer_kernels, integer_grid
+from .maxpool import move_stem_max_pools
 from .passes import fold_batch_norms, freeze_quantized_weights, frozen_ann, static_linear_modules, trace
 from .rebuild import SpikingGraphBuilder
 from .regions import Regions, check, classify
@@ -75,7 +76,16 @@ __all__ = [
 def _default_timesteps(qmodel: nn.Module) -> int:
     bits = activation_bits(qmodel)
     if not bits:
-        raise ConversionError("the model has no QuantReLU: quantize it first with fastsnn.quantize_model(model, bits).")
+        others = sorted({type(m).__name__ for m in qmodel.modules() if isinstance(m, _ACTIVATION_MODULES)})
+        raise ConversionError(
+            "the model has no QuantReLU: quantize it first with fastsnn.quantize_model(model, bits)"
+            + (
+                f". Its activations ({', '.join(others)}) are not ReLUs: quantize_model leaves them alone and an IF "
+                "neuron, whose spike rate is a clipped ReLU of its input, cannot represent them."
+                if others
+                else "."
+            )
+        )
     if None in bits:
         raise ConversionError(
             "some QuantReLU modules are not quantized (bits=None); give them a bit width with "
@@ -136,4 +146,5 @@ def _traced_copy(qmodel: nn.Module) -> fx.GraphModule:
     model = copy.deepcopy(qmodel).eval()
     freeze_quantized_weights(model)
     src = trace(model)
+    move_stem_max_pools(src)  # maxpool(q(x)) -> q(maxpool(x)) on the analog input: exact
     return src

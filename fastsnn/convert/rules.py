@@ -168,6 +168,82 @@ _MAX_POOLING_FUNCTIONS = {
 }
 
 
+# Why an IF neuron cannot stand in for an activation: its spike rate follows one function of
+# its input, a ReLU clipped at the threshold (zero below 0, linear up to theta, flat above).
+_CLIPPED_RELU = "an IF neuron's spike rate is a clipped ReLU of its input (0 below 0, linear up to its threshold)"
+_ACTIVATION_REASONS = {
+    ("SiLU", "Hardswish", "GELU", "Mish", "silu", "hardswish", "gelu", "mish"): (
+        "it dips below zero and is not monotone; " + _CLIPPED_RELU + " and never takes negative values"
+    ),
+    ("LeakyReLU", "PReLU", "RReLU", "ELU", "CELU", "SELU", "leaky_relu", "prelu", "elu", "celu", "selu"): (
+        "it passes negative values; " + _CLIPPED_RELU + ", whose net spike count cannot go below zero"
+    ),
+    (
+        "Sigmoid",
+        "Hardsigmoid",
+        "Tanh",
+        "Softsign",
+        "LogSigmoid",
+        "Softplus",
+        "sigmoid",
+        "hardsigmoid",
+        "tanh",
+        "Tensor.sigmoid",
+        "Tensor.tanh",
+        "softplus",
+    ): (
+        "it is a squashing curve, not zero for negative inputs (" + _CLIPPED_RELU + "); used as a gate "
+        "(x * sigmoid(...)) it would also multiply two spike trains"
+    ),
+    ("Softmax", "Softmin", "LogSoftmax", "Softmax2d", "softmax", "log_softmax", "Tensor.softmax"): (
+        "it normalises over many units with exponentials; a neuron sees only its own input, one time step at a time"
+    ),
+    ("MultiheadAttention", "scaled_dot_product_attention"): (
+        "attention multiplies two spike-carrying tensors (queries and keys) and normalises with a "
+        "softmax; neither is linear per time step"
+    ),
+}
+_MAX_POOL_FIX = (
+    "Use average pooling or a stride-2 convolution instead: quantize_model(model, bits, max_pool='avg') "
+    "(same window) or max_pool='conv' (a depthwise convolution with the pool's window and stride) replaces "
+    "such max pools, so that the quantized ANN is trained with them. A max pool right after an activation "
+    "of the analog input (a stem: conv -> bn -> relu -> maxpool) can stay: the converter moves it in front "
+    "of that activation, where it is exact."
+)
+
+
+def _activation_reason(op: str) -> str | None:
+    name = op.rsplit(".", 1)[-1] if not op.startswith("Tensor.") else op
+    for names, reason in _ACTIVATION_REASONS.items():
+        if name in names or op in names:
+            return reason
+    return None
+
+
+_SHAPE_ARITHMETIC = {
+    operator.getitem,
+    operator.floordiv,
+    operator.mul,
+    operator.add,
+    operator.sub,
+    operator.mod,
+    operator.truediv,
+}
+
+
+def _is_shape_value(node) -> bool:
+    """A Python number read off a tensor's shape (``x.size()``, ``x.shape[1] // g``): no spikes."""
+    if not isinstance(node, fx.Node):
+        return not isinstance(node, (list, tuple, dict))  # a constant
+    if node.op == "call_method" and node.target in ("size", "dim"):
+        return True
+    if node.op == "call_function" and node.target is getattr and node.args[1:2] == ("shape",):
+        return True
+    if node.op == "call_function" and node.target in _SHAPE_ARITHMETIC:
+        return all(_is_shape_value(a) for a in node.args) and any(isinstance(a, fx.Node) for a in node.args)
+    return False
+
+
 def register_linear_module(cls: type) -> type:
     """Declare a custom module type linear per time step (usable as a class decorator).
 
@@ -212,30 +288,14 @@ def _check_spiking_op(node: fx.Node, gm: fx.GraphModule, temporal: set[fx.Node])
     """Refuse ``node`` (between two neuron layers) unless it is linear per time step."""
     where, op = _where(node), _op_name(node, gm)
     if node.op == "call_module":
-        m = gm.get_submodule(node.target)
-        if isinstance(m, _MAX_POOLING):
-            raise ConversionError(
-                f"{where} is max pooling ({op}) between spiking layers; max pooling of spike "
-                "trains is not the max of their rates. Use a stride-2 convolution or nn.AvgPool2d."
-            )
-        if type(m) is nn.ReLU:
-            raise ConversionError(
-                f"{where} is a plain nn.ReLU: quantize the model first (fastsnn.quantize_model) "
-                "so that it becomes a QuantReLU."
-            )
-        if _LINEAR_MODULES.matches(m):
-            return
-        raise ConversionError(
-            f"{where} ({op}) sits between spiking layers and is not known to be linear per time "
-            "step. Only QuantReLU may be nonlinear there: replace it (e.g. by nn.ReLU + "
-            "quantize_model), move it after the output layer, or, if it is linear, declare it "
-            "with fastsnn.register_linear_module."
-        )
+        return _check_spiking_module(gm.get_submodule(node.target), where, op)
     if node.target in _MAX_POOLING_FUNCTIONS:
         raise ConversionError(
-            f"{where} calls max pooling ({op}) between spiking layers. Use a stride-2 convolution "
-            "or average pooling instead."
+            f"{where} calls max pooling ({op}) between spiking layers; max pooling of spike trains "
+            f"is not the max of their rates. {_MAX_POOL_FIX}"
         )
+    if _is_shape_value(node):
+        return  # arithmetic on sizes (channel shuffles, reshapes): the same at every step
     if node.target in _SCALING:
         operands = [a for a in node.args if isinstance(a, fx.Node) and a in temporal]
         divisor_spikes = (
@@ -251,9 +311,56 @@ def _check_spiking_op(node: fx.Node, gm: fx.GraphModule, temporal: set[fx.Node])
         if node.target is F.dropout and node.kwargs.get("training", False):
             raise ConversionError(f"{where} applies dropout in training mode; put the model in eval().")
         return
+    reason = _activation_reason(op)
+    if reason is not None:
+        raise ConversionError(
+            f"{where} applies {op} between spiking layers, which an IF neuron cannot represent: "
+            f"{reason}. Use a ReLU or ReLU6 there (quantize_model makes them QuantReLU), or move it "
+            "after the output layer."
+        )
+    if op.rsplit(".", 1)[-1] in ("relu", "relu_", "relu6", "hardtanh", "hardtanh_"):
+        raise ConversionError(
+            f"{where} applies {op}, a ReLU written as a function, that was not quantized: "
+            "quantize_model(model, bits) gives it a QuantReLU by rewriting the traced graph; "
+            "convert the model that quantize_model returns (it can be a torch.fx.GraphModule)."
+        )
     raise ConversionError(
         f"{where} applies {op} between spiking layers, which is not linear per time step (a "
-        "functional relu, sigmoid, GELU, ... cannot run on spike trains). Write ReLUs as "
-        "nn.ReLU modules so quantize_model makes them QuantReLU, or, if the function is linear, "
+        "sigmoid, GELU, softmax, ... cannot run on spike trains). If the function is linear, "
         "declare it with fastsnn.register_linear_function."
+    )
+
+
+def _check_spiking_module(m: nn.Module, where: str, op: str) -> None:
+    """The module part of :func:`_check_spiking_op`: ``m`` is the module ``node`` calls."""
+    if isinstance(m, _MAX_POOLING):
+        raise ConversionError(
+            f"{where} is max pooling ({op}) between spiking layers; max pooling of spike "
+            f"trains is not the max of their rates. {_MAX_POOL_FIX}"
+        )
+    if type(m) is nn.ReLU:
+        raise ConversionError(
+            f"{where} is a plain nn.ReLU: quantize the model first (fastsnn.quantize_model) "
+            "so that it becomes a QuantReLU."
+        )
+    if _LINEAR_MODULES.matches(m):
+        return
+    if isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)):
+        raise ConversionError(
+            f"{where} ({op}) normalises each sample by statistics of its own values between spiking "
+            "layers, which is not linear per time step (a spike train's per-step statistics are not "
+            "its rate's); only batch norm in eval mode (fixed statistics, folded into the conv) is."
+        )
+    reason = _activation_reason(op)
+    if reason is not None:
+        raise ConversionError(
+            f"{where} ({op}) is an activation between spiking layers that an IF neuron cannot "
+            f"represent: {reason}. Use ReLU or ReLU6 there (quantize_model makes them QuantReLU), "
+            "or move it after the output layer."
+        )
+    raise ConversionError(
+        f"{where} ({op}) sits between spiking layers and is not known to be linear per time "
+        "step. Only QuantReLU may be nonlinear there: replace it (e.g. by nn.ReLU + "
+        "quantize_model), move it after the output layer, or, if it is linear, declare it "
+        "with fastsnn.register_linear_module."
     )

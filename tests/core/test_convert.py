@@ -193,13 +193,13 @@ def _wrap(block):
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), block, nn.Conv2d(4, 2, 1))
 
 
-class FunctionalRelu(nn.Module):
+class FunctionalSilu(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv, self.act = nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()
 
     def forward(self, x):
-        return self.act(F.relu(self.conv(x)) + x)
+        return self.act(F.silu(self.conv(x)) + x)
 
 
 class Gated(nn.Module):
@@ -223,8 +223,11 @@ class WithGelu(nn.Module):
 @pytest.mark.parametrize(
     "block, pattern",
     [
-        (nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(4, 4, 1), nn.ReLU()), r"module '2\.0' is max pooling.*stride-2"),
-        (FunctionalRelu(), r"forward of module '2' \(FunctionalRelu\).*relu"),
+        (
+            nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU(), nn.MaxPool2d(2)),
+            r"module '2\.2' is max pooling.*stride-2.*max_pool='avg'",
+        ),
+        (FunctionalSilu(), r"forward of module '2' \(FunctionalSilu\) applies silu.*cannot represent"),
         (nn.Sequential(nn.Conv2d(4, 4, 1), nn.Sigmoid(), nn.Conv2d(4, 4, 1), nn.ReLU()), r"module '2\.1' \(Sigmoid\)"),
         (WithGelu(), r"module '2\.gelu' \(GELU\)"),
         (Gated(), r"forward of module '2' \(Gated\).*multiplies"),

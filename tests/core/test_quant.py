@@ -1,9 +1,10 @@
 import pytest
 import torch
-from torch import nn
+from torch import fx, nn
+from torch.nn import functional as F
 
-from fastsnn import QuantConv2d, QuantLinear, QuantReLU, quantize_model
-from fastsnn.quant import apot_levels, project_to_levels, uniform_levels
+from fastsnn import ConversionError, QuantConv2d, QuantLinear, QuantReLU, convert_to_snn, quantize_model
+from fastsnn.quant import PoolConv2d, apot_levels, prepare_model, project_to_levels, uniform_levels
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
@@ -151,3 +152,186 @@ def test_bad_bit_widths_are_refused():
         quantize_model(_mlp(), bits=2, weight_bits=2, weight_quant="log")
     with pytest.raises(ValueError, match="at least 2 bits"):
         quantize_model(_mlp(), bits=2, weight_bits=1)
+
+
+# --------------------------------------------------------------------------- models as people write them
+
+
+def test_relu6_and_hardtanh_from_zero_become_quant_relus_with_their_clip():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU6(), nn.Conv2d(4, 4, 3), nn.Hardtanh(0.0, 2.5), nn.Conv2d(4, 2, 1))
+    same = quantize_model(model, bits=2)
+    assert same is model  # only modules to swap: in place, as before
+    assert isinstance(model[1], QuantReLU) and model[1].alpha.item() == 6.0
+    assert isinstance(model[3], QuantReLU) and model[3].alpha.item() == 2.5
+    assert model[1].alpha.requires_grad  # learned, like every clip
+    y = model[1](torch.tensor([-1.0, 0.9, 3.2, 5.2, 9.0]))
+    assert y.tolist() == [0.0, 0.0, 4.0, 6.0, 6.0]  # 2 bits: levels 0, 2, 4, 6
+
+
+class _Functional(nn.Module):
+    """Conv, a ReLU written as ``form``, conv: the activation is a function call in forward."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.form = form
+        self.c1, self.c2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        y = self.c1(x)
+        if self.form == "F.relu":
+            y = F.relu(y)
+        elif self.form == "F.relu_inplace":
+            y = F.relu(y, inplace=True)
+        elif self.form == "torch.relu":
+            y = torch.relu(y)
+        elif self.form == "torch.relu_":
+            torch.relu_(y)  # result not used: y itself is the activation afterwards
+        elif self.form == "x.relu":
+            y = y.relu()
+        elif self.form == "x.relu_":
+            y.relu_()
+        elif self.form == "F.relu6":
+            y = F.relu6(y)
+        elif self.form == "F.hardtanh":
+            y = F.hardtanh(y, 0.0, 6.0)
+        return self.c2(y)
+
+
+FUNCTIONAL_FORMS = [
+    "F.relu",
+    "F.relu_inplace",
+    "torch.relu",
+    "torch.relu_",
+    "x.relu",
+    "x.relu_",
+    "F.relu6",
+    "F.hardtanh",
+]
+
+
+@pytest.mark.parametrize("form", FUNCTIONAL_FORMS)
+def test_relus_written_as_functions_get_a_quant_relu_each(form):
+    torch.manual_seed(0)
+    model = _Functional(form)
+    x = torch.randn(2, 1, 6, 6)
+    with torch.no_grad():
+        ref = model(x.clone())
+    q = quantize_model(model, bits=None, alpha_init=100.0)  # bits=None, wide clip: the float ReLU
+    assert isinstance(q, fx.GraphModule)
+    relus = [m for m in q.modules() if isinstance(m, QuantReLU)]
+    assert len(relus) == 1
+    assert relus[0].alpha.item() == (6.0 if form in ("F.relu6", "F.hardtanh") else 100.0)
+    assert q.c1.weight is model.c1.weight  # same parameters, same paths
+    with torch.no_grad():
+        assert torch.allclose(q(x.clone()), ref, atol=1e-6)  # same function (in-place forms included)
+    quantize_model(q, bits=2)  # requantizing the returned model: in place, no new graph
+    assert relus[0].bits == 2 and [m for m in q.modules() if isinstance(m, QuantReLU)] == relus
+    snn = convert_to_snn(q.eval())
+    assert len(snn.neurons()) == 1
+
+
+class _Sites(nn.Module):
+    """Two functional ReLU call sites in one forward, and a module used twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 2, 1)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        y = F.relu(self.c1(x))
+        y = F.relu(self.c2(y) + y)
+        return self.c3(self.act(y) + self.act(-y))
+
+
+def test_each_functional_call_site_gets_its_own_quant_relu_and_shared_modules_can_be_split():
+    q = quantize_model(_Sites(), bits=2)
+    names = sorted(n for n, m in q.named_modules() if isinstance(m, QuantReLU))
+    assert names == ["act", "relu", "relu_1"]  # two sites in the top-level forward, the shared module kept
+    split = prepare_model(_Sites(), split_shared=True)
+    assert sorted(n for n, m in split.named_modules() if isinstance(m, nn.ReLU)) == ["act", "act_1", "relu", "relu_1"]
+    # registration order follows the forward: the first and last layers are the real ones
+    q = quantize_model(_Sites(), bits=2, weight_bits=3)
+    assert q.c1.weight_quantizer.mode == "max" and q.c3.weight_quantizer.mode == "max"
+    assert q.c2.weight_quantizer.mode == "apot"
+
+
+def test_other_activations_are_left_alone_with_one_warning():
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.act, self.gelu = nn.Conv2d(1, 4, 3), nn.SiLU(), nn.GELU()
+
+        def forward(self, x):
+            return torch.sigmoid(self.gelu(self.act(self.c(x))))
+
+    model = Mixed()
+    with pytest.warns(UserWarning, match="left these activations as they are: GELU, SiLU, sigmoid") as record:
+        q = quantize_model(model, bits=2)
+    assert len(record) == 1 and q is model
+    assert isinstance(model.act, nn.SiLU) and isinstance(model.gelu, nn.GELU)
+
+
+def _vgg_like():
+    """Stem conv -> relu -> maxpool (movable), conv -> relu -> maxpool (between spiking layers)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    )
+
+
+def test_max_pool_avg_replaces_the_pools_between_spiking_layers_only():
+    plain = _vgg_like()
+    with pytest.raises(ConversionError, match=r"module '5' is max pooling.*max_pool='avg'"):
+        convert_to_snn(quantize_model(_vgg_like(), 2).eval())
+    model = quantize_model(plain, 2, max_pool="avg")
+    assert model is plain  # module max pools: swapped in place
+    assert isinstance(model[2], nn.MaxPool2d)  # the stem pool stays (the converter moves it, exactly)
+    pool = model[5]
+    assert isinstance(pool, nn.AvgPool2d) and not pool.count_include_pad and pool.ceil_mode
+    assert (pool.kernel_size, pool.stride, pool.padding) == (3, 2, 1)
+    x = torch.randn(2, 3, 13, 13)
+    with torch.no_grad():
+        assert model[:6](x).shape == _vgg_like()[:6](x).shape  # same output size as the max pool
+    convert_to_snn(model.eval())
+
+
+def test_max_pool_conv_is_a_depthwise_strided_conv_starting_as_the_average():
+    model = quantize_model(_vgg_like(), 2, weight_bits=2, max_pool="conv")
+    conv = model[5]
+    assert isinstance(conv, PoolConv2d) and conv.groups == conv.in_channels == 8 and conv.stride == (2, 2)
+    assert conv.weight.shape == (8, 1, 3, 3) and torch.allclose(conv.weight, torch.full_like(conv.weight, 1 / 9))
+    x = torch.relu(torch.randn(2, 8, 13, 13))
+    avg = nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=True)
+    assert torch.allclose(conv(x), avg(x), atol=1e-6)  # starts as (zero-padded) average pooling
+    assert type(model[3]) is QuantConv2d  # the model's convs are quantized; the pool conv keeps float weights
+    snn = convert_to_snn(model.eval())
+    assert len(snn.neurons()) == 3
+
+
+def test_functional_max_pools_are_replaced_too():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2, self.c3 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            y = F.max_pool2d(F.relu(self.c1(x)), 2)  # stem: kept
+            return self.c3(F.relu(F.max_pool2d(F.relu(self.c2(y)), kernel_size=2, stride=2)))
+
+    q = quantize_model(Functional(), 2, max_pool="avg")
+    pools = [type(m) for m in q.modules() if isinstance(m, (nn.AvgPool2d, nn.MaxPool2d))]
+    assert pools == [nn.AvgPool2d]
+    assert sum(n.target is F.max_pool2d for n in q.graph.nodes) == 1
+    convert_to_snn(q.eval())
+    with pytest.raises(ConversionError, match="calls max pooling"):
+        convert_to_snn(quantize_model(Functional(), 2).eval())
