@@ -6,7 +6,8 @@
 * peak memory of one call: the PyTorch CPU allocator's high-water mark above what was already
   allocated (from ``torch.profiler`` memory events), or ``torch.cuda.max_memory_allocated``;
 * SpikingJelly (optional): conversion of a float ANN with ``ann2snn.RateCodingRecipe`` and its
-  simulation (the documented single-step loop, or multi-step mode);
+  simulation (the documented single-step loop, or multi-step mode); SpikingJelly's signed ternary
+  neuron ``STBIFNode`` (SpikeZIP's ST-BIF) simulating one of our quantized ANNs (``STBIFSNN``);
 * writing a result as JSON + markdown under ``benchmarks/results/``.
 """
 
@@ -110,6 +111,50 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+class LoadSampler:
+    """Samples the 1-minute load average every ``every_s`` seconds in a daemon thread while in
+    use (``with LoadSampler() as load: ...``); ``summary()``: start, end, mean, max, samples."""
+
+    def __init__(self, every_s: float = 30.0):
+        import threading
+
+        self.every_s = every_s
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        load = load_average()
+        if load is not None:
+            self.samples.append(round(load, 2))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._sample()
+
+    def __enter__(self) -> LoadSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def summary(self) -> dict:
+        s = self.samples
+        nan = float("nan")
+        return {
+            "every_s": self.every_s,
+            "start": s[0] if s else nan,
+            "end": s[-1] if s else nan,
+            "mean": sum(s) / len(s) if s else nan,
+            "max": max(s) if s else nan,
+            "samples": s,
+        }
 
 
 def wait_for_quiet(max_load: float, max_wait_s: float, poll_s: float = 15.0, log=print) -> dict:
@@ -288,6 +333,93 @@ class SpikingJellySNN:
                 outs[t] = total / t
         self.functional.reset_net(self.net)
         return outs
+
+
+class _TimeFoldedNeuron(torch.nn.Module):
+    """A multi-step SpikingJelly neuron inside a network whose other layers see ``[T * N, ...]``:
+    unfolds the time (``[T, N, ...]``), runs the neuron over the T steps, folds it back."""
+
+    def __init__(self, node: torch.nn.Module):
+        super().__init__()
+        self.node = node
+        self.steps = 1  # set by STBIFSNN before each simulation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.node(x.reshape(self.steps, -1, *x.shape[1:])).reshape(x.shape)
+
+
+class STBIFSNN:
+    """SpikingJelly's signed ternary neuron (``neuron.STBIFNode``: SpikeZIP's ST-BIF) simulating one
+    of our quantized ANNs (a model prepared by ``fastsnn.quantize_model``), for a comparison of
+    neurons on the same network.
+
+    Every ``QuantReLU`` (``b`` bits, clip ``alpha``) becomes an ``STBIFNode`` set up as SpikeZIP
+    sets it up from a QANN quantizer: ``level = 2**b`` quantization levels, unsigned (``sym=False``:
+    the released count is bounded to ``[neg_min, pos_max] = [0, 2**b - 1]``), residual ``q``
+    starting at 0.5 (round to nearest), threshold from the quantizer's step ``s = alpha / (2**b - 1)``.
+    Every other layer is the quantized ANN's own (quantized convs and linears, eval batch norm,
+    pooling, residual adds, the analog output layer), applied to all steps at once with the time
+    folded into the batch; the neurons run in SpikingJelly's multi-step mode on ``[T, N, ...]``
+    and are reset with ``functional.reset_net`` before and after each batch.
+
+    Input and read-out as our SNN's (direct encoding): the analog image is presented at every
+    step. SpikeZIP sums the network's outputs over the steps, each spike carrying ``s``; with the
+    image presented at every one of the ``timesteps`` steps every current is ``timesteps`` times
+    the quantized ANN's, so the threshold (and a spike's value) is ``timesteps * s`` and the output
+    after ``t`` steps is the sum of the first ``t`` outputs divided by ``timesteps``. At
+    ``timesteps = 2**b - 1`` the threshold is ``alpha``: the neuron is then our signed IF neuron
+    (membrane starting at half the threshold, a negative spike only while the net count is
+    positive) plus SpikeZIP's upper bound of ``2**b - 1`` on the net count, which cannot bind in
+    ``t <= 2**b - 1`` steps; beyond them it does (our neuron's count may keep growing, and its mean
+    output stays in ``[0, alpha]``).
+    """
+
+    def __init__(self, qmodel: torch.nn.Module, timesteps: int | None = None, device: torch.device | str = "cpu"):
+        import copy
+
+        from spikingjelly.activation_based import functional, neuron
+
+        from fastsnn.quant import QuantReLU
+
+        self.functional = functional
+        self.device = torch.device(device)
+        self.net = copy.deepcopy(qmodel).to(self.device).eval()
+        relus = [(name, m) for name, m in self.net.named_modules() if isinstance(m, QuantReLU)]
+        if not relus:
+            raise ValueError("STBIFSNN needs a quantized ANN (QuantReLU activations: fastsnn.quantize_model)")
+        bits = {m.bits for _, m in relus}
+        if None in bits:
+            raise ValueError("STBIFSNN needs quantized activations (QuantReLU with bits set), not clipped ReLUs")
+        self.bits = max(bits)
+        self.timesteps = int(timesteps) if timesteps is not None else 2**self.bits - 1
+        self.neurons: list[_TimeFoldedNeuron] = []
+        for name, m in relus:
+            levels = 2**m.bits - 1
+            step = float(m.alpha.detach().reshape(-1)[0]) / levels  # the quantizer's scale s
+            node = neuron.STBIFNode(q_threshold=step * self.timesteps, level=2**m.bits, sym=False, step_mode="m")
+            wrapped = _TimeFoldedNeuron(node).to(self.device)
+            parent, _, child = name.rpartition(".")
+            setattr(self.net.get_submodule(parent) if parent else self.net, child, wrapped)
+            self.neurons.append(wrapped)
+
+    @torch.no_grad()
+    def running_outputs(self, x: torch.Tensor, steps: int, at: set[int] | None = None) -> dict[int, torch.Tensor]:
+        """Simulate ``steps`` steps on ``x`` ``[N, ...]``; the output after each step in ``at``
+        (default: the last), i.e. the sum of the outputs so far divided by ``timesteps``."""
+        at = {steps} if at is None else set(at)
+        for m in self.neurons:
+            m.steps = steps
+        self.functional.reset_net(self.net)
+        x = x.to(self.device)
+        out = self.net(x.unsqueeze(0).expand(steps, *x.shape).reshape(steps * x.shape[0], *x.shape[1:]))
+        self.functional.reset_net(self.net)
+        total = out.reshape(steps, x.shape[0], *out.shape[1:]).cumsum(0) / self.timesteps
+        return {t: total[t - 1] for t in sorted(at)}
+
+    def __call__(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """The output after ``steps`` steps (default ``timesteps``)."""
+        steps = self.timesteps if steps is None else int(steps)
+        return self.running_outputs(x, steps)[steps]
 
 
 # --------------------------------------------------------------------------- output

@@ -136,3 +136,137 @@ def test_runs_without_spikingjelly(tmp_path, monkeypatch, capsys):
     assert "SpikingJelly not installed: skipped" in capsys.readouterr().err
     assert result["spikingjelly_skipped"] and result["results"][0]["spikingjelly"] == []
     assert (tmp_path / "fidelity.md").exists()
+
+
+def test_digits_defaults_are_unchanged():
+    args = fidelity.parse_args([])
+    assert args.data == "digits" and args.name == "fidelity" and args.weight_bits == "none"
+    assert (args.fp_epochs, args.q_epochs, args.bits, args.our_max_t) == (20, 8, [2, 3, 4], 63)
+    assert args.widths == {"vgg11": 0.25, "resnet20": 1.0} and args.epochs_per_layer == {"vgg11": 1, "resnet20": 4}
+    assert args.sj_timesteps == [1, 3, 7, 15, 31, 63, 127, 255] and args.sj_images is None
+    assert not args.stbif and not args.plot and args.ft_images is None and args.train_images is None
+    quick = fidelity.parse_args(["--data", "fashion_mnist", "--quick"])
+    assert quick.name == "fidelity_fashion_mnist_quick" and quick.weight_bits == "same" and quick.stbif
+    assert (quick.train_images, quick.val_images, quick.test_images, quick.ft_images) == (3000, 500, 1000, 512)
+    assert fidelity.weight_bits_for(2, "same") == 2 and fidelity.weight_bits_for(4, "none") is None
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST on idx fixtures
+
+
+def _write_fashion_idx(folder, n_train: int = 40, n_test: int = 20) -> None:
+    """The four gzipped idx files with random images; never the real data set."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte": np.arange(n_train) % 10,
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte": np.arange(n_test) * 3 % 10,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, a in arrays.items():
+        header = struct.pack(">I", 0x800 + a.ndim) + struct.pack(f">{a.ndim}I", *a.shape)
+        (folder / f"{name}.gz").write_bytes(gzip.compress(header + a.astype(np.uint8).tobytes()))
+
+
+FASHION_TINY = [
+    "--data",
+    "fashion_mnist",
+    "--models",
+    "resnet20",
+    "--width-scale",
+    "0.25",
+    "--val-size",
+    "10",
+    "--train-images",
+    "24",
+    "--val-images",
+    "8",
+    "--test-images",
+    "16",
+    "--ft-images",
+    "16",
+    "--sj-images",
+    "12",
+    "--fp-epochs",
+    "1",
+    "--q-epochs",
+    "1",
+    "--bits",
+    "2",
+    "--sj-timesteps",
+    "1",
+    "3",
+    "--our-timesteps",
+    "1",
+    "2",
+    "3",
+    "5",
+    "--our-max-t",
+    "5",
+    "--stats-images",
+    "4",
+    "--no-compile",
+]
+
+
+@pytest.fixture(scope="module")
+def fashion_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fashion_data")
+    _write_fashion_idx(root)
+    out = tmp_path_factory.mktemp("fidelity_fashion")
+    return root, out, run_script(fidelity.main, [*FASHION_TINY, "--data-root", str(root), "--out-dir", str(out)])
+
+
+def test_fashion_mnist_reads_the_idx_files_and_writes_its_own_results(fashion_run):
+    root, out, result = fashion_run
+    saved = json.loads((out / "fidelity_fashion_mnist.json").read_text())
+    md = (out / "fidelity_fashion_mnist.md").read_text()
+    assert saved["data"] == "fashion_mnist" and saved["data_source"]["folder"] == str(root)
+    assert saved["splits"] == {"train": 24, "val": 8, "test": 16}
+    assert "Fashion-MNIST" in md and "Device:" in md and "load average" in md
+    load = saved["load"]
+    assert load["samples"] and load["start"] == load["samples"][0] and load["end"] == load["samples"][-1]
+    (res,) = saved["results"]
+    assert res["width"] == pytest.approx(0.5 * 0.25)  # ResNet-20 at Fashion-MNIST's width 0.5, scaled
+    (row,) = res["ours"]
+    assert row["weight_bits"] == 2  # weights quantized as in the paper's CIFAR recipes
+    assert all(m.startswith("resnet20: ") for m in (t["target"] for t in saved["targets"]))
+    assert {t["met"] for t in saved["targets"] if "RateCoding" in t["target"]} <= {None}
+    if HAVE_SJ:
+        assert res["sj_test_images"] == 12 and 0 <= res["float_ann_sj_images"] <= 100
+        assert all(sorted(int(t) for t in sj["curve"]) == [1, 3] for sj in res["spikingjelly"])
+
+
+def test_fashion_mnist_targets_follow_from_the_numbers(fashion_run):
+    result = fashion_run[2]
+    res = result["results"][0]
+    (row,) = res["ours"]
+    by_name = {t["target"]: t for t in result["targets"]}
+    q = by_name["resnet20: 2-bit quantized ANN within 1.5 points of the float ANN"]
+    assert q["value"] == pytest.approx(res["float_ann"] - row["quant_ann"]) and q["met"] == (q["value"] <= 1.5)
+    ft = by_name["resnet20: signed + fine-tuned SNN within 0.5 points of the 2-bit ANN at T = 3"]
+    assert ft["value"] == pytest.approx(row["quant_ann"] - row["at_T"]["signed_ft"])
+    assert ft["met"] == (ft["value"] <= 0.5)
+
+
+@pytest.mark.skipif(not HAVE_SJ, reason="SpikingJelly not installed")
+def test_fashion_mnist_stbif_curve_is_our_signed_curve_up_to_t_3(fashion_run):
+    (row,) = fashion_run[2]["results"][0]["ours"]
+    assert row["at_T"]["stbif"] == row["curves"]["stbif"][3]
+    for t in (1, 2, 3):
+        assert row["curves"]["stbif"][t] == row["curves"]["signed"][t]
+    assert sorted(row["curves"]["stbif"]) == [1, 2, 3, 5]
+
+
+def test_fashion_mnist_writes_the_figure(fashion_run):
+    pytest.importorskip("matplotlib")
+    _, out, result = fashion_run
+    png = out / "fidelity_fashion_mnist.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and result["figure"] == str(png)
+    assert f"Figure: `{png}`" in (out / "fidelity_fashion_mnist.md").read_text()
