@@ -11,8 +11,10 @@ regions:
 * **spiking** -- between neurons. Only operations that are linear per time step are
   allowed here (conv, linear, eval batch norm, average pooling, add, cat, reshape,
   upsampling...). They see all ``T`` steps at once, with time folded into the batch
-  (``[T*N, ...]``). Anything else (max pooling, a functional relu, sigmoid...) is refused
-  with a :class:`ConversionError` naming the module.
+  (``[T*N, ...]``). Anything else (max pooling, sigmoid, GELU, softmax...) is refused
+  with a :class:`ConversionError` naming the module. One exception is rewritten first
+  (``maxpool``): a max pool right after a neuron fed by the analog input (a ResNet stem)
+  moves in front of it, ``maxpool(q(x)) = q(maxpool(x))``, and joins the static region.
 * **output** -- after the last neurons (the analog output layer). Since it is linear in
   the spikes, it runs once on their mean over T (exact by linearity): the network output
   is the mean over T of the output layer's per-step outputs, at 1/T of the cost.
@@ -123,8 +125,11 @@ def convert_to_snn(
     with int8 dot-product instructions; same outputs up to float rounding. ``chunk_size``
     simulates large batches a chunk of samples at a time (see :class:`SpikingModel`).
 
+    A max pool right after a QuantReLU whose input is analog (conv -> bn -> relu -> maxpool
+    stems) is moved in front of it, where it is exact (:mod:`fastsnn.convert.maxpool`).
     Raises :class:`ConversionError` naming the module when something between spiking layers
-    is not linear per time step (max pooling, a functional relu, sigmoid, ...).
+    is not linear per time step (max pooling elsewhere, sigmoid, GELU, ...): the message says
+    why and what to do (e.g. ``quantize_model(..., max_pool="avg")`` for max pooling).
     """
     T = _default_timesteps(qmodel) if timesteps is None else int(timesteps)
     if T < 1:
