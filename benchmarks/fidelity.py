@@ -32,12 +32,16 @@ within 1 point of the float ANN, and the data set's targets (``targets``). Write
     python benchmarks/fidelity.py --quick                  # digits, short run (< 10 min)
     python benchmarks/fidelity.py --data fashion_mnist     # Fashion-MNIST, full run
     python benchmarks/fidelity.py --data fashion_mnist --quick
+    python benchmarks/fidelity.py --data fashion_mnist --models vgg11 --name part_vgg11 &   # one process
+    python benchmarks/fidelity.py --data fashion_mnist --models resnet20 --name part_resnet20  # per model
+    python benchmarks/fidelity.py --merge benchmarks/results/part_{vgg11,resnet20}.json --name fidelity_fashion_mnist
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from pathlib import Path
@@ -80,16 +84,16 @@ DATASETS = {
         stbif=True,
         plot=True,
         stem="fidelity_fashion_mnist",
-        fp_epochs=(8, 3),
-        q_epochs=(5, 2),
+        fp_epochs=(6, 3),
+        q_epochs=(3, 2),
         epochs_per_layer=({"vgg11": 1, "resnet20": 1}, {"vgg11": 1, "resnet20": 1}),
         sj_max_t=(255, 63),
-        our_max_t=(31, 15),
-        our_timesteps=(1, 2, 3, 4, 5, 7, 10, 15, 21, 31),
+        our_max_t=(15, 15),
+        our_timesteps=(1, 2, 3, 4, 5, 7, 10, 15),
         stats_images=(256, 128),
         # training / validation / test images (fixed random subsets of the splits) and the
-        # training images the layer-wise fine-tuning uses
-        images=dict(train=(10000, 3000), val=(1000, 500), test=(2000, 1000), ft=(1024, 512)),
+        # training images the layer-wise fine-tuning uses; SpikingJelly's test images
+        images=dict(train=(5000, 3000), val=(500, 500), test=(1000, 1000), ft=(512, 512), sj=(500, 500)),
     ),
 }
 SJ_TIMESTEPS = (1, 3, 7, 15, 31, 63, 127, 255)
@@ -469,7 +473,11 @@ def _header(result: dict) -> list[str]:
         + f"; {cfg['fp_epochs']} float epochs (lr {cfg['lr']}), then {cfg['q_epochs']} epochs per bit width "
         f"(lr {cfg['q_lr']}, progressive: {' -> '.join(str(b) for b in sorted(cfg['bits'], reverse=True))}), SGD + "
         f"cosine, batch 64; {fine_tuning}, on {cfg['ft_images']} training images). "
-        + (f"SpikingJelly RateCoding on the first {sj_images} of the test images. " if sj_images else "")
+        + (
+            f"SpikingJelly RateCoding on a fixed random subset of {sj_images} of these test images. "
+            if sj_images
+            else ""
+        )
         + "Accuracy in %.",
         "",
         f"Device: {env['cpu']}, {env['threads']} torch thread(s); load average (1 min) {result['load']['start']:.2f} "
@@ -706,8 +714,8 @@ def parse_args(argv=None):
         help="'same': also quantize the weights to max(b, 2) bits (APoT, 8-bit first/last layer); "
         "'none': float weights (default: none on digits, same on Fashion-MNIST)",
     )
-    p.add_argument("--fp-epochs", type=int, default=None, help="float ANN epochs (default 20 / 8, quick 4 / 3)")
-    p.add_argument("--q-epochs", type=int, default=None, help="epochs per bit width (default 8 / 5, quick 2)")
+    p.add_argument("--fp-epochs", type=int, default=None, help="float ANN epochs (default 20 / 6, quick 4 / 3)")
+    p.add_argument("--q-epochs", type=int, default=None, help="epochs per bit width (default 8 / 3, quick 2)")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--q-lr", type=float, default=0.02)
     p.add_argument("--alpha-init", type=float, default=2.0)
@@ -744,7 +752,7 @@ def parse_args(argv=None):
         "--sj-images",
         type=int,
         default=None,
-        help="SpikingJelly runs on the first N test images (default: all; Fashion-MNIST 1000, quick 500)",
+        help="SpikingJelly runs on N of the test images, a fixed random subset (default: all; Fashion-MNIST 500)",
     )
     stbif = p.add_mutually_exclusive_group()
     stbif.add_argument(
@@ -760,13 +768,13 @@ def parse_args(argv=None):
         nargs="+",
         type=int,
         default=None,
-        help="T values at which to read our SNNs (digits: 1 2 3 4 5 7 15 31 63; Fashion-MNIST: 1 2 3 4 5 7 10 15 21 31)",
+        help="T values at which to read our SNNs (digits: 1 2 3 4 5 7 15 31 63; Fashion-MNIST: 1 2 3 4 5 7 10 15)",
     )
-    p.add_argument("--our-max-t", type=int, default=None, help="read our SNNs up to this T (default 63 / 31, quick 15)")
+    p.add_argument("--our-max-t", type=int, default=None, help="read our SNNs up to this T (default 63 / 15, quick 15)")
     p.add_argument("--stats-images", type=int, default=None, help="test images for spike statistics (256, quick 128)")
     p.add_argument("--width-scale", type=float, default=1.0, help="scale both nets' widths (tests use tiny nets)")
     p.add_argument("--subset", type=int, default=None, help="use only this many images of each split (tests)")
-    for split, full, quick in (("train", 10000, 3000), ("val", 1000, 500), ("test", 2000, 1000)):
+    for split, full, quick in (("train", 5000, 3000), ("val", 500, 500), ("test", 1000, 1000)):
         p.add_argument(
             f"--{split}-images",
             type=int,
@@ -777,7 +785,7 @@ def parse_args(argv=None):
         "--ft-images",
         type=int,
         default=None,
-        help="training images for the layer-wise fine-tuning (digits: all; Fashion-MNIST 1024, quick 512)",
+        help="training images for the layer-wise fine-tuning (digits: all; Fashion-MNIST 512)",
     )
     p.add_argument("--subset-seed", type=int, default=0, help="Fashion-MNIST: seed of the fixed subsets")
     p.add_argument(
@@ -812,8 +820,8 @@ def parse_args(argv=None):
     for split in ("train", "val", "test", "ft"):
         value = getattr(args, f"{split}_images")
         setattr(args, f"{split}_images", ds["images"][split][q] if value is None else (value or None))
-    if args.sj_images is None and args.data == "fashion_mnist":
-        args.sj_images = 500 if args.quick else 1000
+    if args.sj_images is None and "sj" in ds["images"]:
+        args.sj_images = ds["images"]["sj"][q]
     args.stbif = ds["stbif"] if args.stbif is None else args.stbif
     args.plot = ds["plot"] if args.plot is None else args.plot
     args.name = args.name or (ds["stem"] + ("_quick" if args.quick else ""))
@@ -830,7 +838,54 @@ def parse_args(argv=None):
     return args
 
 
+def merge(paths: list[Path], name: str | None, out_dir: Path | None, plot: bool | None) -> dict:
+    """One result from several runs of the same configuration on different ``--models`` (e.g. one
+    process per model on a shared machine): their results in order, the longest run time, the load
+    samples of all of them, recomputed summary, targets, markdown and figure."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    first = parts[0]
+    keys = ("data", "splits", "data_source")
+    for other in parts[1:]:
+        if any(other.get(k) != first.get(k) for k in keys):
+            raise SystemExit(f"--merge: {other['command']!r} ran on other data than {first['command']!r}")
+    result = dict(first)
+    result["results"] = [res for part in parts for res in part["results"]]
+    result["config"] = dict(first["config"], models=[res["model"] for res in result["results"]])
+    result["merged_from"] = [{"command": p["command"], "seconds": p["seconds"], "load": p["load"]} for p in parts]
+    result["command"] = " ; ".join(p["command"] for p in parts) + " ; " + bu.command_line()
+    result["seconds"] = max(p["seconds"] for p in parts)
+    samples = [x for p in parts for x in p["load"]["samples"]]
+    result["load"] = dict(
+        first["load"],
+        samples=samples,
+        start=max(p["load"]["start"] for p in parts),
+        end=parts[-1]["load"]["end"],
+        mean=sum(samples) / len(samples) if samples else float("nan"),
+        max=max(samples) if samples else float("nan"),
+    )
+    result["summary"] = [r for res in result["results"] for r in summary_rows(res)]
+    result["targets"] = targets(result["results"], max(first["config"]["sj_timesteps"]), first["data"])
+    name = name or first["config"]["name"]
+    out = Path(out_dir) if out_dir is not None else bu.RESULTS_DIR
+    result["figure"] = None
+    if plot if plot is not None else first["config"].get("plot"):
+        png = out / f"{name}.png"
+        if plot_curves(result, png):
+            result["figure"] = str(png.relative_to(bu.REPO_ROOT)) if png.is_relative_to(bu.REPO_ROOT) else str(png)
+    bu.write_results(name, result, markdown(result), out)
+    return result
+
+
 def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--merge" in argv:
+        p = argparse.ArgumentParser(description="merge results of several --models runs")
+        p.add_argument("--merge", nargs="+", type=Path, required=True)
+        p.add_argument("--name", default=None)
+        p.add_argument("--out-dir", type=Path, default=None)
+        p.add_argument("--plot", action=argparse.BooleanOptionalAction, default=None)
+        m = p.parse_args(argv)
+        return merge(m.merge, m.name, m.out_dir, m.plot)
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     log = bu.log

@@ -270,3 +270,16 @@ def test_fashion_mnist_writes_the_figure(fashion_run):
     png = out / "fidelity_fashion_mnist.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and result["figure"] == str(png)
     assert f"Figure: `{png}`" in (out / "fidelity_fashion_mnist.md").read_text()
+
+
+def test_merge_combines_per_model_runs(run, tmp_path):
+    out, result = run
+    merged = run_script(
+        fidelity.main,
+        ["--merge", str(out / "fidelity.json"), str(out / "fidelity.json"), "--name", "m", "--out-dir", str(tmp_path)],
+    )
+    assert [r["model"] for r in merged["results"]] == ["vgg11", "resnet20"] * 2
+    assert len(merged["summary"]) == 2 * len(result["summary"]) and len(merged["targets"]) == 2 * len(result["targets"])
+    assert merged["seconds"] == result["seconds"] and len(merged["merged_from"]) == 2
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert saved["config"]["models"] == ["vgg11", "resnet20"] * 2 and (tmp_path / "m.md").exists()
