@@ -56,6 +56,11 @@ class FineTuningStage:
     layer's update is kept only if the headline metric on (the first ``limit_val_batches``
     batches of) the validation split does not drop.
 
+    Every layer is tuned on the same batches: one pass over (the first ``limit_batches``
+    batches of) the training split, held with the values carried from layer to layer when
+    they fit in memory (``layerwise_finetune(cache=True)``); otherwise, as logged then, each
+    layer takes a fresh pass and the SNN is simulated from the input for every layer.
+
     ``device`` (``"auto"``: the GPU when there is one) is decided once; the whole task module
     (ANN, metrics) and its SNN move there, since a test pass before leaves them on the CPU.
     Under multi-process DDP, rank 0 fine-tunes and the result is broadcast to the others.
@@ -138,6 +143,7 @@ class FineTuningStage:
             measure_batches=self.measure_batches,
             keep_if_better=self.keep_if_better,
             progress=self._progress,
+            cache=True,  # one pass of the (limited) loader is held and used for every layer, if it fits
         )
         return done
 
