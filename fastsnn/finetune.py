@@ -490,7 +490,9 @@ def _fit(snn, ann_gm, tunables, dataloader, input_fn, device, budget: float | No
 
     The size comes from a dry run on the first batch, scaled by the number of samples.
     """
-    first = next(iter(dataloader))
+    first = next(iter(dataloader), None)
+    if first is None:
+        return None, []  # no batches: nothing to carry
     x = input_fn(first).to(device)
     per_sample = _frontier_bytes(snn, ann_gm, tunables, x) / max(x.shape[0], 1)
     try:
@@ -531,8 +533,6 @@ def _data_source(snn, ann_gm, tunables, dataloader, input_fn, device, measure_ba
     if cache is None and not isinstance(dataloader, (list, tuple)):
         why = f"the data loader ({type(dataloader).__name__}) is not a list, and a new pass may bring other batches"
         why += "; pass a list of batches, or cache=True to hold one pass"
-    elif isinstance(dataloader, (list, tuple)) and not dataloader:
-        return resimulated(dataloader)  # nothing to carry
     else:
         why = _why_not_carry(snn, tunables)
         if why is None:

@@ -310,3 +310,8 @@ def test_progress_and_on_layer_end_see_every_layer():
     assert ended == reports
     expected = [(f"layer {r.index} {r.path} ({e}/2)", len(data)) for r in reports for e in (1, 2)]
     assert seen == expected
+
+
+def test_no_batches_gives_the_same_empty_measurements():
+    ann, snn = converted(Residual)
+    assert tune(ann, snn, [])[0] == tune(ann, snn, [], cache=False)[0] == tune(ann, snn, iter([]), cache=True)[0]
