@@ -3,15 +3,14 @@
 Each command runs in a subprocess, as a user types it, with `debug=tiny` and a few size
 overrides appended (a narrow model, tiny synthetic splits, no loader workers, one CPU
 process for the recipes' GPU trainers). Commands on data sets that are not on this machine
-run against fixtures written in the real formats; placeholders for earlier runs
-(`logs/...`, `<4-bit run>`) are filled in with the runs of the same block.
+run against fixtures written in the real formats; the placeholder `logs/...` is filled
+in with the latest earlier run of the same block that has the file it names.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -71,24 +70,25 @@ def _write_fixtures(data_dir: Path) -> None:
     write_voc_segmentation(voc, {"train": ["2007_000001", "2007_000002"], "val": ["2007_000003"]})
 
 
-def _fill_placeholders(args: list[str], earlier: list[tuple[list[str], Path]]) -> list[str]:
-    """`<N-bit run>/f` -> the block's run with bits=N; `logs/.../f` -> the block's latest run that has f."""
+def _fill_placeholders(args: list[str], earlier: list[Path]) -> list[str]:
+    """`key=logs/.../f` -> `key=<the latest earlier run of the block that has f>`."""
 
     def fill(arg: str) -> str:
-        named = re.search(r"<(\d+)-bit run>", arg)
-        if named:
-            dirs = [d for a, d in earlier if f"bits={named.group(1)}" in a]
-            return arg.replace(named.group(0), str(dirs[-1]))
         key, _, path = arg.partition("=")
         rest = path.split("logs/.../", 1)[1]
-        return f"{key}={next(d / rest for _, d in reversed(earlier) if (d / rest).exists())}"
+        return f"{key}={next(d / rest for d in reversed(earlier) if (d / rest).exists())}"
 
-    return [fill(a) if ("<" in a or "logs/..." in a) else a for a in args]
+    return [fill(a) if "logs/.../" in a else a for a in args]
+
+
+def _one_job(args: list[str]) -> list[str]:
+    """A sweep's overrides with the first value of each swept key (for composing its config)."""
+    return [a.split(",", 1)[0] if "=" in a and "," in a and "[" not in a else a for a in args if a != "-m"]
 
 
 def _size_overrides(args: list[str], out_dir: Path) -> list[str]:
     """What shrinks this command to seconds, read off its composed config."""
-    cfg = compose_config(out_dir, *[a for a in args if a != "-m"])
+    cfg = compose_config(out_dir, *_one_job(args))
     extra = ["debug=tiny", *CPU_TRAINER]
     if "width" in cfg.model.net:
         extra.append("model.net.width=0.125")
@@ -124,7 +124,7 @@ def test_the_not_run_list_names_only_readme_commands():
 def test_readme_commands_run_as_written(tmp_path, block):
     _write_fixtures(tmp_path / "data")
     env = {**os.environ, "FASTSNN_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    earlier: list[tuple[list[str], Path]] = []
+    earlier: list[Path] = []
     for i, command in enumerate(readme_blocks()[block]):
         if command in NOT_RUN:
             continue
@@ -147,4 +147,4 @@ def test_readme_commands_run_as_written(tmp_path, block):
         for res in results:
             missing = _expected_keys(args) - {k for k, v in res.items() if v is not None}
             assert not missing, f"{command}: results.json lacks {sorted(missing)}"
-        earlier.append((args, out_dir))
+        earlier.append(out_dir)
