@@ -315,3 +315,52 @@ def test_progress_and_on_layer_end_see_every_layer():
 def test_no_batches_gives_the_same_empty_measurements():
     ann, snn = converted(Residual)
     assert tune(ann, snn, [])[0] == tune(ann, snn, [], cache=False)[0] == tune(ann, snn, iter([]), cache=True)[0]
+
+
+class _CountingLoader:
+    """A shuffling loader that counts its passes."""
+
+    def __init__(self, data, batch_size):
+        self.loader = DataLoader(TensorDataset(*data), batch_size=batch_size, shuffle=True)
+        self.passes = 0
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(self.loader)
+
+    def __len__(self):
+        return len(self.loader)
+
+
+def test_the_stage_tunes_every_layer_on_one_held_pass(caplog):
+    from fastsnn.finetune_stage import FineTuningStage
+
+    ann, snn = converted(Residual)
+    data = batches(n=6)
+    loader = _CountingLoader((torch.cat([x for x, _ in data]), torch.cat([y for _, y in data])), len(data[0][0]))
+
+    class Task:  # what the stage reads of a SpikingTask
+        net, eval_label = ann, "snn"
+
+        def __init__(self):
+            self.snn = copy.deepcopy(snn)
+
+        def to(self, device):
+            return self
+
+        def inputs(self, batch):
+            return batch[0]
+
+    class Data:
+        def setup(self, stage):
+            pass
+
+        def train_dataloader(self):
+            return loader
+
+    stage = FineTuningStage(validate=False, limit_batches=3, measure_batches=2, device="cpu", progress=False)
+    with caplog.at_level(logging.WARNING, logger="fastsnn.finetune"):
+        reports = stage.run(Task(), Data())
+    assert len(reports) == len(finetune._tunable_layers(snn)) >= 4
+    assert not fallback_messages(caplog)
+    assert loader.passes == 2  # one batch to size the cache, one pass held for all layers
