@@ -60,82 +60,80 @@ def _batches(data, max_batches: int | None) -> Iterable[torch.Tensor]:
         yield batch[0] if isinstance(batch, (list, tuple)) else batch
 
 
-@torch.no_grad()
-def spike_stats(snn: SpikingModel, data, max_batches: int | None = None) -> dict:
-    """Measure spike rates, SOPs and the energy estimate of ``snn`` on ``data``.
+class _Counters:
+    """Forward hooks on the neurons and synapses of a SpikingModel, counting what :func:`spike_stats` reports.
 
-    ``data`` is a batch tensor or an iterable of batches (tuples: the first element is the
-    input). Returns a dict with per-layer ``layers`` (``pos_rate``, ``neg_rate``, ``neurons``),
-    overall ``spike_rate`` / ``pos_rate`` / ``neg_rate``, per-image ``sops``,
-    ``first_layer_macs``, ``ann_macs``, and ``energy`` (``snn_uj``, ``ann_uj``, ``ratio``,
-    ``note``).
+    The counts do not depend on how the model is simulated (multi-step or streaming, whole batch
+    or chunks): every layer sees the same events, only grouped differently.
     """
-    device = next(snn.parameters()).device
-    T = snn.timesteps
-    spikes = {layer.name: [0, 0, 0] for layer in snn.layers}  # positive, negative, neuron-steps
-    totals = {"sops": 0, "first_macs": 0, "ann_macs": 0}
-    handles = []
 
-    def neuron_hook(name):
-        def hook(module, inputs, out):
-            spikes[name][0] += int((out > 0).sum())
-            spikes[name][1] += int((out < 0).sum())
-            spikes[name][2] += out.numel()
+    def __init__(self, snn: SpikingModel):
+        self.snn = snn
+        self.spikes = {layer.name: [0, 0, 0] for layer in snn.layers}  # positive, negative, neuron-steps
+        self.sops = 0
+        self.first_macs = 0  # conv / linear on the analog input: once per image
+        self.spike_macs = 0  # conv / linear on spikes: T calls' worth, per step at the end
+        self.images = 0
+        self._handles = []
 
-        return hook
+    def __enter__(self) -> _Counters:
+        for name, module in self.snn.net.named_modules():
+            if isinstance(module, GraphNeuron):
+                self._handles.append(module.register_forward_hook(self._neuron_hook(name)))
+            elif isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+                self._handles.append(module.register_forward_hook(self._synapse_hook(name in self.snn.static_modules)))
+        return self
 
-    def synapse_hook(name):
-        static = name in snn.static_modules
-
-        def hook(module, inputs, out):
-            macs = _macs(module, out)
-            if static:  # analog input: dense MACs, once per image
-                totals["first_macs"] += macs
-                totals["ann_macs"] += macs
-            else:  # per-step spikes (time folded into the batch): T calls' worth of inputs
-                totals["sops"] += _events(module, inputs[0])
-                totals["ann_macs"] += macs // T
-
-        return hook
-
-    for name, module in snn.net.named_modules():
-        if isinstance(module, GraphNeuron):
-            handles.append(module.register_forward_hook(neuron_hook(name)))
-        elif isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
-            handles.append(module.register_forward_hook(synapse_hook(name)))
-    images = 0
-    try:
-        for x in _batches(data, max_batches):
-            x = x.to(device)
-            snn.forward_steps(x)
-            images += x.shape[0]
-    finally:
-        for h in handles:
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
             h.remove()
-    if images == 0:
-        raise ValueError("spike_stats got no data")
 
-    layers = [
+    def _neuron_hook(self, name: str):
+        def hook(module, inputs, out):
+            counts = self.spikes[name]
+            counts[0] += int((out > 0).sum())
+            counts[1] += int((out < 0).sum())
+            counts[2] += out.numel()
+
+        return hook
+
+    def _synapse_hook(self, static: bool):
+        def hook(module, inputs, out):
+            if static:  # analog input: dense MACs, once per image
+                self.first_macs += _macs(module, out)
+            else:  # spikes: T steps' worth of inputs in all
+                self.sops += _events(module, inputs[0])
+                self.spike_macs += _macs(module, out)
+
+        return hook
+
+
+def _layer_rates(snn: SpikingModel, c: _Counters) -> list[dict]:
+    T = snn.timesteps
+    return [
         {
             "name": layer.path,
-            "neurons": spikes[layer.name][2] // (T * images),
-            "pos_rate": spikes[layer.name][0] / max(spikes[layer.name][2], 1),
-            "neg_rate": spikes[layer.name][1] / max(spikes[layer.name][2], 1),
+            "neurons": c.spikes[layer.name][2] // (T * c.images),
+            "pos_rate": c.spikes[layer.name][0] / max(c.spikes[layer.name][2], 1),
+            "neg_rate": c.spikes[layer.name][1] / max(c.spikes[layer.name][2], 1),
         }
         for layer in snn.layers
     ]
-    pos = sum(s[0] for s in spikes.values())
-    neg = sum(s[1] for s in spikes.values())
-    steps = max(sum(s[2] for s in spikes.values()), 1)
-    sops = totals["sops"] / images
-    first = totals["first_macs"] / images
-    ann = totals["ann_macs"] / images
+
+
+def _summary(snn: SpikingModel, c: _Counters) -> dict:
+    pos = sum(s[0] for s in c.spikes.values())
+    neg = sum(s[1] for s in c.spikes.values())
+    steps = max(sum(s[2] for s in c.spikes.values()), 1)
+    sops = c.sops / c.images
+    first = c.first_macs / c.images
+    ann = (c.first_macs + c.spike_macs // snn.timesteps) / c.images
     snn_uj = (first * E_MAC_PJ + sops * E_AC_PJ) * 1e-6
     ann_uj = ann * E_MAC_PJ * 1e-6
     return {
-        "timesteps": T,
-        "images": images,
-        "layers": layers,
+        "timesteps": snn.timesteps,
+        "images": c.images,
+        "layers": _layer_rates(snn, c),
         "spike_rate": (pos + neg) / steps,
         "pos_rate": pos / steps,
         "neg_rate": neg / steps,
@@ -149,3 +147,28 @@ def spike_stats(snn: SpikingModel, data, max_batches: int | None = None) -> dict
             "note": ENERGY_NOTE,
         },
     }
+
+
+@torch.no_grad()
+def spike_stats(snn: SpikingModel, data, max_batches: int | None = None) -> dict:
+    """Measure spike rates, SOPs and the energy estimate of ``snn`` on ``data``.
+
+    ``data`` is a batch tensor or an iterable of batches (tuples: the first element is the
+    input). Returns a dict with per-layer ``layers`` (``pos_rate``, ``neg_rate``, ``neurons``),
+    overall ``spike_rate`` / ``pos_rate`` / ``neg_rate``, per-image ``sops``,
+    ``first_layer_macs``, ``ann_macs``, and ``energy`` (``snn_uj``, ``ann_uj``, ``ratio``,
+    ``note``).
+
+    The model is simulated as it runs (``snn.mode``, ``"auto"`` included, and ``snn.chunk_size``:
+    :meth:`~fastsnn.SpikingModel.simulate_steps`), so a streaming model measures with the memory
+    of streaming; the numbers are the same in every mode.
+    """
+    device = next(snn.parameters()).device
+    with _Counters(snn) as counters:
+        for x in _batches(data, max_batches):
+            x = x.to(device)
+            snn.simulate_steps(x)
+            counters.images += x.shape[0]
+    if counters.images == 0:
+        raise ValueError("spike_stats got no data")
+    return _summary(snn, counters)

@@ -108,6 +108,7 @@ def convert_to_snn(
     compiled: bool = False,
     integer_kernels: bool = False,
     chunk_size: int | None = None,
+    memory_budget: float | None = None,
 ) -> SpikingModel:
     """Convert a quantized ANN (see :func:`fastsnn.quantize_model`) into a :class:`SpikingModel`.
 
@@ -116,8 +117,11 @@ def convert_to_snn(
     ``timesteps`` defaults to ``2**bits - 1``, where the SNN reproduces the quantized ANN's
     first layer exactly. Quantized weights are frozen at their quantized values and eval
     batch norm is folded into the layer before it. ``qmodel`` itself is not modified.
-    ``mode`` is the simulation mode, ``"multistep"`` or ``"streaming"`` (see
-    :class:`SpikingModel`; it can be changed later with ``snn.mode = ...``). ``compiled=True``
+    ``mode`` is the simulation mode, ``"multistep"``, ``"streaming"`` or ``"auto"`` (see
+    :class:`SpikingModel`; it can be changed later with ``snn.mode = ...``): ``"auto"`` chooses
+    per input shape, streaming when a multi-step pass would need more than ``memory_budget``
+    (bytes, or a fraction of the device's available memory; default: half of it) at its peak,
+    estimated on the meta device; each choice is logged once. ``compiled=True``
     fuses each neuron layer's T-step loop into one ``torch.compile``-d kernel (see
     :class:`~fastsnn.neuron.IFNeuron`). ``integer_kernels=True`` runs every conv fed by spikes
     whose weights are on an integer grid (weights quantized with ``weight_bits``, batch norm
@@ -143,7 +147,8 @@ def convert_to_snn(
     if integer_kernels:
         _use_integer_kernels(net)
     net.recompile()
-    return SpikingModel(net, ctx, signed, layers, static_linear_modules(net, after_neurons(net)), mode, chunk_size)
+    static = static_linear_modules(net, after_neurons(net))
+    return SpikingModel(net, ctx, signed, layers, static, mode, chunk_size, memory_budget)
 
 
 def _traced_copy(qmodel: nn.Module) -> fx.GraphModule:

@@ -7,6 +7,7 @@ it, :class:`TimeCollapse` averages it away on the way into the output region and
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,13 @@ import torch
 from torch import fx, nn
 
 from ..neuron import IFNeuron
+from .memory import AllocationTracker, available_memory, meta_copy, meta_like
 from .passes import dependents, split_static
+
+logger = logging.getLogger(__name__)
+
+# mode="auto" without a memory_budget: this fraction of the device's available memory
+DEFAULT_MEMORY_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -27,12 +34,15 @@ class RunState:
     mode ``"mean"``: the output region runs once on the mean over T (normal inference);
     ``"cummean"``: on the running mean after each step (accuracy-vs-time curves);
     ``"steps"``: on the raw per-step values (spike statistics count every event);
-    ``"streaming"``: one time step per call, ``[N, ...]`` tensors, state kept in the modules.
+    ``"streaming"``: one time step per call, ``[N, ...]`` tensors, state kept in the modules;
+    with ``per_step`` the output region sees each step's own values instead of their running
+    mean (spike statistics in streaming mode).
     ``timesteps`` is T as read when the call started: changing it mid-call waits for the next.
     """
 
     mode: str
     timesteps: int
+    per_step: bool = False
 
 
 # The run states of the calls in progress in this thread / task, innermost last, each with the
@@ -51,9 +61,9 @@ class TimeContext:
         self.timesteps = timesteps
 
     @contextmanager
-    def run(self, mode: str) -> Iterator[RunState]:
+    def run(self, mode: str, per_step: bool = False) -> Iterator[RunState]:
         """Run this context's modules in ``mode`` until the ``with`` block ends (this call only)."""
-        state = RunState(mode, self.timesteps)
+        state = RunState(mode, self.timesteps, per_step)
         token = _RUNS.set((*_RUNS.get(), (self, state)))
         try:
             yield state
@@ -116,6 +126,8 @@ class TimeCollapse(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         run = self.ctx.current()
+        if run.mode == "streaming" and run.per_step:
+            return x
         if run.mode == "streaming":  # running mean of the steps seen so far
             if self.total is None:
                 self.total = x.clone()  # our own buffer: accumulated in place below
@@ -183,7 +195,13 @@ class SpikingModel(nn.Module):
     ``snn.mode`` chooses the simulation: ``"multistep"`` (default, fastest) runs the layers
     between neurons on all T steps at once, time folded into the batch; ``"streaming"`` runs
     one step after another with per-neuron state, so memory does not grow with T (for large
-    inputs at large T). Both give the same outputs.
+    inputs at large T). Both give the same outputs. ``"auto"`` chooses one of them per call:
+    streaming when a multi-step pass over the input's shape (one chunk of it) would need more
+    than ``memory_budget`` bytes at its peak, multi-step otherwise (see :meth:`resolve_mode`).
+    ``memory_budget``: bytes (an int, or a float > 1), or a fraction (a float in (0, 1]) of the
+    memory available on the input's device when the choice is made (CUDA: the free memory of
+    ``torch.cuda.mem_get_info``; CPU: ``MemAvailable`` of ``/proc/meminfo``), or ``None``: the
+    fraction ``DEFAULT_MEMORY_FRACTION`` (one half).
     ``snn.chunk_size`` (default ``None``: the whole batch at once) simulates a batch this many
     samples at a time: the outputs do not change (samples are independent), memory shrinks
     with the chunk, and on CPUs the T-times larger tensors of the multistep mode can stay in
@@ -196,7 +214,7 @@ class SpikingModel(nn.Module):
     time and refuses a second one (RuntimeError); give each thread its own copy for that.
     """
 
-    MODES = ("multistep", "streaming")
+    MODES = ("multistep", "streaming", "auto")
 
     def __init__(
         self,
@@ -207,6 +225,7 @@ class SpikingModel(nn.Module):
         static_modules: frozenset[str],
         mode: str = "multistep",
         chunk_size: int | None = None,
+        memory_budget: float | None = None,
     ):
         super().__init__()
         self.net = net
@@ -218,7 +237,10 @@ class SpikingModel(nn.Module):
         if chunk_size is not None and int(chunk_size) < 1:
             raise ValueError(f"chunk_size must be a positive number of samples or None, got {chunk_size}")
         self.chunk_size = None if chunk_size is None else int(chunk_size)
+        self.memory_budget = memory_budget
         self._streaming: tuple[fx.GraphModule, fx.GraphModule] | None = None
+        self._auto_choices: dict[tuple, str] = {}  # mode="auto": the choice per input shape and setting
+        object.__setattr__(self, "_meta", None)  # a meta-device copy for the estimates (not a submodule)
         self.net.eval()
         # inference needs no autograd graph; layerwise_finetune enables one layer at a time
         self.net.requires_grad_(False)
@@ -248,11 +270,28 @@ class SpikingModel(nn.Module):
             raise ValueError(f"SpikingModel.mode must be one of {self.MODES}, got {mode!r}")
         self._mode = mode
 
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state["_meta"] = None  # the estimates' meta copy: rebuilt when needed, not pickled or copied
+        return state
+
+    @property
+    def memory_budget(self) -> float | None:
+        return self._memory_budget
+
+    @memory_budget.setter
+    def memory_budget(self, budget: float | None) -> None:
+        if budget is not None and (isinstance(budget, bool) or not float(budget) > 0):
+            raise ValueError(
+                f"memory_budget must be bytes (an int), a fraction (a float in (0, 1]) or None, got {budget!r}"
+            )
+        self._memory_budget = budget
+
     def neurons(self) -> list[tuple[str, GraphNeuron]]:
         return [(layer.name, self.net.get_submodule(layer.name)) for layer in self.layers]
 
     def forward(self, x: torch.Tensor, return_steps: bool = False):
-        if self.mode == "streaming":
+        if self.resolve_mode(x, "cummean" if return_steps else "mean") == "streaming":
             with self._streaming_call(), self.ctx.run("streaming"):
                 return self._chunked(self._forward_streaming, x, return_steps)
         with self.ctx.run("cummean" if return_steps else "mean"):
@@ -262,6 +301,97 @@ class SpikingModel(nn.Module):
         """Outputs with the per-step values of the output layer (mode ``steps``), ``[T, N, ...]``."""
         with self.ctx.run("steps"):
             return self._unfold_time(self.net(x))
+
+    def simulate_steps(self, x: torch.Tensor) -> None:
+        """Simulate ``x`` in the model's mode and chunks with the output region fed each step's own
+        values (as :meth:`forward_steps`, whose every layer sees the same events); the outputs are
+        dropped. For observers of the layers (hooks: spike statistics): the memory of the mode used."""
+        chunks = [x] if self.chunk_size is None else x.split(self.chunk_size)
+        if self.resolve_mode(x, "steps") == "streaming":
+            with self._streaming_call(), self.ctx.run("streaming", per_step=True):
+                for chunk in chunks:
+                    self._forward_streaming(chunk, False)
+            return
+        with self.ctx.run("steps"):
+            for chunk in chunks:
+                self.net(chunk)
+
+    # ----------------------------------------------------------------------- mode="auto"
+
+    def resolve_mode(self, x: torch.Tensor, run: str = "mean") -> str:
+        """The simulation a call on ``x`` uses: ``mode``, or for ``"auto"`` the choice for ``x``'s shape.
+
+        ``"auto"`` estimates the peak memory of a multi-step pass (run state ``run``) over one chunk
+        of ``x`` (:meth:`estimate_multistep_bytes`) and chooses streaming when it exceeds the
+        budget, multi-step otherwise. The choice is kept per input shape, dtype, device, T, run
+        state, chunk size and budget, and logged once (logger ``fastsnn.convert.runtime``, INFO).
+        When the estimate fails, multi-step is used and the reason logged (WARNING).
+        """
+        if self.mode != "auto":
+            return self.mode
+        n = x.shape[0] if self.chunk_size is None else min(x.shape[0], self.chunk_size)
+        key = ((n, *x.shape[1:]), x.dtype, str(x.device), self.timesteps, run, self.memory_budget)
+        with _AUTO_LOCK:
+            if key not in self._auto_choices:
+                self._auto_choices[key] = self._choose_mode(x[:n], run)
+            return self._auto_choices[key]
+
+    def _choose_mode(self, x: torch.Tensor, run: str) -> str:
+        shape = f"input {tuple(x.shape)} (one chunk), T={self.timesteps}"
+        budget, source = self._budget_bytes(x.device)
+        if budget is None:
+            logger.info("mode='auto': multistep for %s: %s, so nothing to compare with", shape, source)
+            return "multistep"
+        try:
+            estimate = self.estimate_multistep_bytes(x, run)
+        except Exception as err:  # an op the meta device cannot run: keep the fast mode, and say so
+            logger.warning(
+                "mode='auto': multistep for %s: the multi-step memory estimate failed (%s: %s); "
+                "set mode='streaming' if that does not fit",
+                shape,
+                type(err).__name__,
+                err,
+            )
+            return "multistep"
+        choice = "streaming" if estimate > budget else "multistep"
+        logger.info(
+            "mode='auto': %s for %s: a multi-step pass needs about %.1f MiB at its peak, %s the budget of "
+            "%.1f MiB (%s)",
+            choice,
+            shape,
+            estimate / 2**20,
+            "over" if choice == "streaming" else "within",
+            budget / 2**20,
+            source,
+        )
+        return choice
+
+    def _budget_bytes(self, device: torch.device) -> tuple[int | None, str]:
+        """The budget in bytes on ``device`` and where it comes from."""
+        budget = self.memory_budget
+        if budget is not None and (isinstance(budget, int) or float(budget) > 1):
+            return int(budget), "memory_budget"
+        fraction = DEFAULT_MEMORY_FRACTION if budget is None else float(budget)
+        free = available_memory(device)
+        name = "memory_budget" if budget is not None else "default"
+        if free is None:
+            return None, f"the available memory of {device} is unknown ({name} fraction {fraction:g})"
+        return int(fraction * free), f"{name}: {fraction:g} of the {free / 2**30:.1f} GiB available on {device}"
+
+    def estimate_multistep_bytes(self, x: torch.Tensor, run: str = "mean") -> int:
+        """Peak bytes of new tensors a multi-step pass over ``x`` (as one chunk) allocates, output
+        included: the graph run on the meta device (a copy of the model there, nothing computed)
+        under :class:`~fastsnn.convert.memory.AllocationTracker`. Neurons are counted with their
+        eager loop and int8 synapses as float convolutions."""
+        if self._meta is None:
+            object.__setattr__(self, "_meta", meta_copy(self))
+        meta = self._meta
+        meta.ctx.timesteps = self.timesteps
+        inp = meta_like(x)
+        with meta.ctx.run(run), AllocationTracker() as tracker:
+            out = meta.net(inp)
+            del out
+        return tracker.peak
 
     def _chunked(self, forward, x: torch.Tensor, return_steps: bool):
         if self.chunk_size is None or x.shape[0] <= self.chunk_size:
@@ -328,6 +458,8 @@ class SpikingModel(nn.Module):
                 _STREAMING_NETS.discard(id(self.net))
 
 
+# held while mode="auto" looks up or makes a choice (the estimates share each model's meta copy)
+_AUTO_LOCK = threading.Lock()
 # the graphs (by id) that have a streaming call in progress
 _STREAMING_NETS: set[int] = set()
 _STREAMING_LOCK = threading.Lock()
