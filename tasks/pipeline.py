@@ -68,6 +68,7 @@ def quantize_net(net: nn.Module, bits: int | None, quant: DictConfig) -> nn.Modu
         first_last_bits=quant.get("first_last_bits", 8),
         alpha_init=quant.get("alpha_init", 8.0),
         fused=quant.get("fused", False),
+        max_pool=quant.get("max_pool"),
     )
 
 
