@@ -604,7 +604,8 @@ SJ_COLORS = {"max": "tab:gray", "99.9%": "tab:brown"}
 def plot_curves(result: dict, path: Path) -> bool:
     """Accuracy vs time step: one panel per model and bit width, one line per method (our SNNs,
     SpikingJelly's ST-BIF on the same quantized ANN, SpikingJelly's rate coding of the float ANN),
-    the float and the quantized ANN as horizontal lines. Returns False when matplotlib is missing."""
+    the float and the quantized ANN as horizontal lines; one legend for all panels. Returns False
+    when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -615,7 +616,10 @@ def plot_curves(result: dict, path: Path) -> bool:
         return False
     results = result["results"]
     n_cols = max(len(res["ours"]) for res in results)
-    fig, axes = plt.subplots(len(results), n_cols, figsize=(4.6 * n_cols, 3.9 * len(results)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(results), n_cols, figsize=(max(4.8 * n_cols, 7.5), 3.6 * len(results) + 1.4), squeeze=False
+    )
+    handles = {}
     for i, res in enumerate(results):
         rows = sorted(res["ours"], key=lambda r: r["bits"])
         for j in range(n_cols):
@@ -624,64 +628,45 @@ def plot_curves(result: dict, path: Path) -> bool:
                 ax.axis("off")
                 continue
             row = rows[j]
-            lows = []
             for v in variants_of(row):
                 curve = sorted((int(t), a) for t, a in row["curves"][v].items())
                 ts, accs = zip(*curve, strict=True)
-                ax.plot(
-                    ts,
-                    accs,
-                    color=PLOT_COLORS[v],
-                    label=VARIANT_LABELS[v].replace("Fast-SNN ", "ours: "),
-                    markersize=4,
-                    linewidth=1.4,
-                    **PLOT_STYLES[v],
-                )
-                lows += [a for t, a in curve if t >= row["T"]]
+                label = VARIANT_LABELS[v].replace("Fast-SNN ", "ours: ")
+                handles[label] = ax.plot(
+                    ts, accs, color=PLOT_COLORS[v], label=label, markersize=4, linewidth=1.4, **PLOT_STYLES[v]
+                )[0]
             for sj in res["spikingjelly"]:
                 curve = sorted((int(t), a) for t, a in sj["curve"].items())
                 ts, accs = zip(*curve, strict=True)
-                ax.plot(
-                    ts,
-                    accs,
-                    color=SJ_COLORS.get(sj["mode"], "tab:red"),
-                    marker="d",
-                    markersize=4,
-                    linewidth=1.2,
-                    label=f"SpikingJelly RateCoding ({sj['mode']}), float ANN",
-                )
-            ax.axhline(
-                res["float_ann"],
-                color="black",
-                linewidth=1.0,
-                linestyle=(0, (5, 3)),
-                label=f"float ANN {res['float_ann']:.2f}",
-            )
-            ax.axhline(
-                row["quant_ann"],
-                color="tab:red",
-                linewidth=1.0,
-                linestyle=(0, (1, 2)),
-                label=f"{row['bits']}-bit ANN {row['quant_ann']:.2f}",
+                label = f"SpikingJelly RateCoding ({sj['mode']}) of the float ANN"
+                handles[label] = ax.plot(
+                    ts, accs, color=SJ_COLORS.get(sj["mode"], "tab:red"), marker="d", markersize=4, linewidth=1.2
+                )[0]
+            handles["float ANN"] = ax.axhline(res["float_ann"], color="black", linewidth=1.0, linestyle=(0, (5, 3)))
+            handles["quantized ANN (b bits)"] = ax.axhline(
+                row["quant_ann"], color="tab:red", linewidth=1.0, linestyle=(0, (1, 2))
             )
             ax.axvline(row["T"], color="0.8", linewidth=0.8, zorder=0)
             ax.set_xscale("log", base=2)
             t_max = max([max(int(t) for t in row["curves"]["signed_ft"])] + [max(result["config"]["sj_timesteps"])])
             ax.set_xlim(0.8, t_max * 1.25)
-            top = max([res["float_ann"], row["quant_ann"], *lows])
-            bottom = min([res["float_ann"], row["quant_ann"], *lows])
-            ax.set_ylim(max(0.0, bottom - 0.25 * max(top - bottom, 4.0) - 2.0), min(100.0, top + 1.5))
-            ax.set_title(f"{res['model']} (width {res['width']:g}), {row['bits']}-bit, T = {row['T']}", fontsize=10)
-            ax.set_xlabel("time step t (log scale)")
-            ax.set_ylabel("test accuracy after t steps (%)")
+            ours_at_t = [row["at_T"][v] for v in ("signed", "signed_ft") if v in row["at_T"]]
+            tops = [res["float_ann"], row["quant_ann"]] + [a for c in row["curves"].values() for a in c.values()]
+            bottom = min([row["quant_ann"], *ours_at_t]) - 12.0
+            ax.set_ylim(max(0.0, bottom), min(100.0, max(tops) + 1.5))
+            ax.set_title(
+                f"{res['model']} (width {res['width']:g}), {row['bits']}-bit, T = {row['T']}\n"
+                f"float ANN {res['float_ann']:.2f}, {row['bits']}-bit ANN {row['quant_ann']:.2f}",
+                fontsize=9,
+            )
+            ax.set_xlabel("time step t (log scale)", fontsize=8)
+            ax.set_ylabel("accuracy after t steps (%)", fontsize=8)
+            ax.tick_params(labelsize=7)
             ax.grid(True, which="major", linewidth=0.4, alpha=0.6)
-            ax.legend(fontsize=6.5, loc="lower right")
     data = "Fashion-MNIST" if result["data"] == "fashion_mnist" else "digits"
-    fig.suptitle(
-        f"{data}: accuracy vs time step ({result['splits']['test']} test images; curves below the frame are clipped)",
-        fontsize=11,
-    )
-    fig.tight_layout()
+    fig.suptitle(f"{data}, {result['splits']['test']} test images: accuracy vs time step", fontsize=11)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=3, fontsize=7.5, frameon=False)
+    fig.tight_layout(rect=(0, 1.1 / (3.6 * len(results) + 1.4), 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -878,6 +863,13 @@ def merge(paths: list[Path], name: str | None, out_dir: Path | None, plot: bool 
 
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--replot" in argv:  # redraw the figure of a saved result
+        p = argparse.ArgumentParser(description="redraw the figure of a saved result")
+        p.add_argument("--replot", type=Path, required=True, help="a result JSON; the PNG goes next to it")
+        m = p.parse_args(argv)
+        result = json.loads(m.replot.read_text())
+        plot_curves(result, m.replot.with_suffix(".png"))
+        return result
     if "--merge" in argv:
         p = argparse.ArgumentParser(description="merge results of several --models runs")
         p.add_argument("--merge", nargs="+", type=Path, required=True)
