@@ -345,6 +345,8 @@ class _TimeFoldedNeuron(torch.nn.Module):
         self.steps = 1  # set by STBIFSNN before each simulation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.node.step_mode == "s":  # single-step: one step of [N, ...], the state kept in the node
+            return self.node(x)
         return self.node(x.reshape(self.steps, -1, *x.shape[1:])).reshape(x.shape)
 
 
@@ -372,9 +374,18 @@ class STBIFSNN:
     positive) plus SpikeZIP's upper bound of ``2**b - 1`` on the net count, which cannot bind in
     ``t <= 2**b - 1`` steps; beyond them it does (our neuron's count may keep growing, and its mean
     output stays in ``[0, alpha]``).
+
+    ``step_mode="s"`` runs SpikingJelly's single-step loop instead (the network called once per
+    step on ``[N, ...]``, the neurons' state kept between calls): the same outputs.
     """
 
-    def __init__(self, qmodel: torch.nn.Module, timesteps: int | None = None, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        qmodel: torch.nn.Module,
+        timesteps: int | None = None,
+        device: torch.device | str = "cpu",
+        step_mode: str = "m",
+    ):
         import copy
 
         from spikingjelly.activation_based import functional, neuron
@@ -385,6 +396,9 @@ class STBIFSNN:
         self.device = torch.device(device)
         self.net = copy.deepcopy(qmodel).to(self.device).eval()
         relus = [(name, m) for name, m in self.net.named_modules() if isinstance(m, QuantReLU)]
+        if step_mode not in ("m", "s"):
+            raise ValueError(f"step_mode must be 'm' or 's', got {step_mode!r}")
+        self.step_mode = step_mode
         if not relus:
             raise ValueError("STBIFSNN needs a quantized ANN (QuantReLU activations: fastsnn.quantize_model)")
         bits = {m.bits for _, m in relus}
@@ -396,7 +410,7 @@ class STBIFSNN:
         for name, m in relus:
             levels = 2**m.bits - 1
             step = float(m.alpha.detach().reshape(-1)[0]) / levels  # the quantizer's scale s
-            node = neuron.STBIFNode(q_threshold=step * self.timesteps, level=2**m.bits, sym=False, step_mode="m")
+            node = neuron.STBIFNode(q_threshold=step * self.timesteps, level=2**m.bits, sym=False, step_mode=step_mode)
             wrapped = _TimeFoldedNeuron(node).to(self.device)
             parent, _, child = name.rpartition(".")
             setattr(self.net.get_submodule(parent) if parent else self.net, child, wrapped)
@@ -407,6 +421,8 @@ class STBIFSNN:
         """Simulate ``steps`` steps on ``x`` ``[N, ...]``; the output after each step in ``at``
         (default: the last), i.e. the sum of the outputs so far divided by ``timesteps``."""
         at = {steps} if at is None else set(at)
+        if self.step_mode == "s":
+            return self._running_outputs_single_step(x, steps, at)
         for m in self.neurons:
             m.steps = steps
         self.functional.reset_net(self.net)
@@ -415,6 +431,18 @@ class STBIFSNN:
         self.functional.reset_net(self.net)
         total = out.reshape(steps, x.shape[0], *out.shape[1:]).cumsum(0) / self.timesteps
         return {t: total[t - 1] for t in sorted(at)}
+
+    def _running_outputs_single_step(self, x: torch.Tensor, steps: int, at: set[int]) -> dict[int, torch.Tensor]:
+        self.functional.reset_net(self.net)
+        x = x.to(self.device)
+        total, outs = None, {}
+        for t in range(1, steps + 1):
+            out = self.net(x)
+            total = out if total is None else total + out
+            if t in at:
+                outs[t] = total / self.timesteps
+        self.functional.reset_net(self.net)
+        return outs
 
     def __call__(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """The output after ``steps`` steps (default ``timesteps``)."""

@@ -13,6 +13,10 @@ by default; random weights: dense simulation costs the same whatever the weights
   a time, state per neuron, ``mode="streaming"``);
 * SpikingJelly's ``ann2snn.RateCodingRecipe`` conversion of the float ANN at the same T, in its
   documented single-step loop and in multi-step mode (skipped when it is not installed);
+* SpikingJelly's ``STBIFNode`` (SpikeZIP's signed ST-BIF neuron) simulating our own quantized ANN
+  (``bench_utils.STBIFSNN``), single-step and multi-step: the strongest peer, the same network and
+  neuron rule as ours; each row records the largest difference of its outputs from our SNN's
+  (``max_abs_diff_vs_fastsnn``: float rounding only at T = 2**bits - 1);
 
 each as images / s (best and median of ``--repeats`` interleaved runs) and the peak memory
 PyTorch allocates during one batch. Also the training step of the float vs the quantized ANN
@@ -53,6 +57,8 @@ from fastsnn.convert import frozen_ann
 ARCHS = ("vgg11", "resnet20")
 SNN_VARIANTS = ("fastsnn_compiled", "fastsnn_integer", "fastsnn_chunked", "fastsnn_eager", "fastsnn_streaming")
 SJ_VARIANTS = ("sj_single_step", "sj_multi_step")
+# SpikingJelly's STBIFNode (SpikeZIP's ST-BIF) simulating our own quantized ANN: the neuron closest to ours
+STBIF_VARIANTS = ("stbif_single_step", "stbif_multi_step")
 LABELS = {
     "ann_float": "float ANN",
     "ann_quant": "quantized ANN",
@@ -63,6 +69,8 @@ LABELS = {
     "fastsnn_streaming": "Fast-SNN streaming (mode='streaming')",
     "sj_single_step": "SpikingJelly single-step loop",
     "sj_multi_step": "SpikingJelly multi-step",
+    "stbif_single_step": "SpikingJelly STBIFNode on our quantized ANN, single-step loop",
+    "stbif_multi_step": "SpikingJelly STBIFNode on our quantized ANN, multi-step",
 }
 
 
@@ -125,24 +133,30 @@ def inference(arch: str, args, device, log) -> tuple[list[dict], list[dict]]:
             q = qmodels[bits_for(T)]
             snns = {}
             if "fastsnn_compiled" in args.variants:
-                snns["fastsnn_compiled"] = fastsnn.convert_to_snn(q, timesteps=T, compiled=True)
+                snns["fastsnn_compiled"] = fastsnn.convert_to_snn(q, timesteps=T, mode="multistep", compiled=True)
             if "fastsnn_integer" in args.variants:
-                snns["fastsnn_integer"] = fastsnn.convert_to_snn(q, timesteps=T, compiled=True, integer_kernels=True)
+                snns["fastsnn_integer"] = fastsnn.convert_to_snn(
+                    q, timesteps=T, mode="multistep", compiled=True, integer_kernels=True
+                )
             if "fastsnn_chunked" in args.variants:  # int8 synapses only where the weights are quantized
                 snns["fastsnn_chunked"] = fastsnn.convert_to_snn(
                     q,
                     timesteps=T,
+                    mode="multistep",
                     compiled=True,
                     integer_kernels=args.weight_bits == "same",
                     chunk_size=args.chunk_size,
                 )
             if "fastsnn_eager" in args.variants:
-                snns["fastsnn_eager"] = fastsnn.convert_to_snn(q, timesteps=T)
+                snns["fastsnn_eager"] = fastsnn.convert_to_snn(q, timesteps=T, mode="multistep")
             if "fastsnn_streaming" in args.variants:
                 snns["fastsnn_streaming"] = fastsnn.convert_to_snn(q, timesteps=T, mode="streaming")
             fns = dict(anns)
             fns.update({k: (lambda m=m: m(x)) for k, m in snns.items()})
             fns.update({k: (lambda s=s, T=T: s(x, T)) for k, s in sj.items() if k in args.variants})
+            peers = _stbif_peers(q, T, args, device) if sj_ok else {}
+            fns.update({k: (lambda s=s: s(x)) for k, s in peers.items()})
+            diffs = _diffs_from_ours(peers, snns, q, T, x)
             first = {}
             for name, fn in fns.items():
                 if name in anns:
@@ -168,6 +182,8 @@ def inference(arch: str, args, device, log) -> tuple[list[dict], list[dict]]:
                 rows.append(_row(arch, name, T, args.batch, timed[name], mem, first[name], timed))
                 if name in sj:
                     rows[-1]["backend"] = sj[name].backend
+                if name in diffs:
+                    rows[-1]["max_abs_diff_vs_fastsnn"] = diffs[name]
             for name in anns:
                 if T == args.timesteps[0]:
                     mem = bu.peak_memory_bytes(anns[name], device)
@@ -181,6 +197,22 @@ def inference(arch: str, args, device, log) -> tuple[list[dict], list[dict]]:
                     row["images_per_s_median"] = args.batch / row["median_s"]
             log(f"{arch} T={T}: " + ", ".join(f"{k} {v['min_s'] * 1e3:.0f} ms" for k, v in timed.items()))
     return rows, groups
+
+
+def _stbif_peers(q: nn.Module, T: int, args, device) -> dict:
+    """The STBIF variants asked for, on the quantized ANN of this T (its threshold set for T steps)."""
+    modes = {"stbif_single_step": "s", "stbif_multi_step": "m"}
+    return {k: bu.STBIFSNN(q, timesteps=T, device=device, step_mode=m) for k, m in modes.items() if k in args.variants}
+
+
+@torch.no_grad()
+def _diffs_from_ours(peers: dict, snns: dict, q: nn.Module, T: int, x: torch.Tensor) -> dict[str, float]:
+    """Largest absolute difference of each peer's output from our SNN's on the benchmark batch."""
+    if not peers:
+        return {}
+    ours = snns.get("fastsnn_eager") or fastsnn.convert_to_snn(q, timesteps=T, mode="multistep")
+    reference = ours(x)
+    return {k: float((peer(x) - reference).abs().max()) for k, peer in peers.items()}
 
 
 def _row(arch, name, T, batch, timed, mem, first, group) -> dict:
@@ -418,6 +450,28 @@ def markdown(result: dict) -> str:
                 f"| {arch} | {T} | {len(rs)} | {statistics.mean(secs):.2f} | {min(secs):.2f}-{max(secs):.2f} "
                 f"| {statistics.mean(r['seconds_per_batch'] for r in rs):.2f} |"
             )
+    checks = [r for r in rows if "max_abs_diff_vs_fastsnn" in r]
+    if checks:
+        lines += [
+            "",
+            "### STBIF (SpikingJelly's STBIFNode on our quantized ANN) vs our SNN",
+            "",
+            "Largest absolute output difference on the benchmark batch (the same network and neuron rule; "
+            "SpikeZIP's count bound of 2^b - 1 cannot bind in T = 2^b - 1 steps).",
+            "",
+            "| arch | method | T | max abs diff | ms / batch | ours (eager) ms / batch |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in checks:
+            ours = next(
+                (o for o in rows if o["arch"] == r["arch"] and o["T"] == r["T"] and o["method"] == "fastsnn_eager"),
+                None,
+            )
+            ours_ms = f"{ours['min_s'] * 1e3:.1f}" if ours else "-"
+            lines.append(
+                f"| {r['arch']} | {r['label']} | {r['T']} | {r['max_abs_diff_vs_fastsnn']:.2e} "
+                f"| {r['min_s'] * 1e3:.1f} | {ours_ms} |"
+            )
     if result["targets"]:
         lines += ["", "### Targets", "", "| target | measured | met |", "|---|---|---|"]
         for t in result["targets"]:
@@ -445,8 +499,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--variants",
         nargs="+",
-        default=list(SNN_VARIANTS + SJ_VARIANTS),
-        choices=list(SNN_VARIANTS + SJ_VARIANTS),
+        default=list(SNN_VARIANTS + SJ_VARIANTS + STBIF_VARIANTS),
+        choices=list(SNN_VARIANTS + SJ_VARIANTS + STBIF_VARIANTS),
         help="SNN simulations to measure",
     )
     p.add_argument("--chunk-size", type=int, default=8, help="samples per chunk of the fastsnn_chunked variant")
@@ -506,7 +560,7 @@ def main(argv=None) -> dict:
                 else "not installed: skipped (pip install -e '.[bench]')"
             )
         )
-        args.variants = [v for v in args.variants if v not in SJ_VARIANTS]
+        args.variants = [v for v in args.variants if v not in SJ_VARIANTS + STBIF_VARIANTS]
     log(f"device: {bu.device_label(device)}")
     start = time.perf_counter()
     load = bu.wait_for_quiet(args.max_load, args.max_wait, log=log)

@@ -36,6 +36,8 @@ TINY = [
     "fastsnn_streaming",
     "sj_single_step",
     "sj_multi_step",
+    "stbif_single_step",
+    "stbif_multi_step",
 ]
 # (the torch.compile-d variants would spend most of a minute compiling; tests/core and
 # test_simulator_kernels.py check them)
@@ -61,7 +63,8 @@ def test_writes_json_and_markdown_with_every_section(run):
 
 def test_every_method_is_measured_at_every_timestep(run):
     rows = run[1]["inference"]
-    methods = {"fastsnn_eager", "fastsnn_streaming"} | ({"sj_single_step", "sj_multi_step"} if HAVE_SJ else set())
+    peers = {"sj_single_step", "sj_multi_step", "stbif_single_step", "stbif_multi_step"}
+    methods = {"fastsnn_eager", "fastsnn_streaming"} | (peers if HAVE_SJ else set())
     for arch in ("vgg11", "resnet20"):
         for T in (3, 7):
             assert {r["method"] for r in rows if r["arch"] == arch and r["T"] == T} == methods
@@ -70,6 +73,16 @@ def test_every_method_is_measured_at_every_timestep(run):
         assert len(r["times_s"]) >= 2 and all(t > 0 for t in r["times_s"])
         assert r["min_s"] == min(r["times_s"]) and math.isclose(r["images_per_s"], 4 / r["min_s"])
         assert r["peak_mem_mb"] > 0
+
+
+@pytest.mark.skipif(not HAVE_SJ, reason="SpikingJelly not installed")
+def test_stbif_gives_our_snns_outputs_and_is_reported(run):
+    out, result = run
+    rows = [r for r in result["inference"] if r["method"].startswith("stbif")]
+    assert len(rows) == 2 * 2 * 2  # 2 archs x 2 T x single / multi-step
+    assert all(r["max_abs_diff_vs_fastsnn"] < 1e-4 for r in rows)  # T = 2**bits - 1: the same SNN
+    md = (out / "speed.md").read_text()
+    assert "STBIF (SpikingJelly's STBIFNode on our quantized ANN) vs our SNN" in md
 
 
 def test_ratios_are_recomputed_from_the_raw_times(run):
