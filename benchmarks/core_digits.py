@@ -3,7 +3,7 @@
 For the plain and the residual digits CNN (benchmarks/digits_models.py), trains a float model
 (clipped ReLUs) once, then for each bit width b quantizes a copy to b bits, trains it, converts
 it at T = 2**b - 1 and reports test accuracy of the quantized ANN, the unsigned SNN, the signed
-SNN and the signed SNN after layer-wise fine-tuning (METHOD.md §4), with training and
+SNN and the signed SNN after layer-wise fine-tuning (docs/method.md §4), with training and
 fine-tuning times. Prints a markdown table; ``--out`` also writes the results as JSON.
 
     python -m benchmarks.core_digits            # full run (a few minutes on 2 CPU cores)

@@ -152,7 +152,7 @@ def float_model(
 ) -> nn.Module:
     """``MODELS[name]`` trained at full precision on ``data["train"]``, its ReLUs already
     replaced by clipped ReLUs with a learnable clip ``alpha`` (``QuantReLU(bits=None)``), so
-    that the clip values are trained before quantization (METHOD.md §2)."""
+    that the clip values are trained before quantization (docs/method.md §2)."""
     torch.manual_seed(seed)
     model = fastsnn.quantize_model(MODELS[name](width), None, alpha_init=alpha_init)
     return train(model, data["train"], epochs, lr=lr, seed=seed) if epochs else model.eval()

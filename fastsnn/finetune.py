@@ -1,4 +1,4 @@
-"""Layer-wise fine-tuning of a converted SNN (METHOD.md §4), for any converted model.
+"""Layer-wise fine-tuning of a converted SNN (docs/method.md §4), for any converted model.
 
 For each spiking layer ``l`` after the first (whose input is the analog image and which
 is exact already), in order:
@@ -623,7 +623,7 @@ def layerwise_finetune(
     cache: bool | None = None,
     cache_budget: float | None = None,
 ) -> list[LayerReport]:
-    """Fine-tune ``snn`` (converted from ``qmodel``) layer by layer, in place (METHOD.md §4).
+    """Fine-tune ``snn`` (converted from ``qmodel``) layer by layer, in place (docs/method.md §4).
 
     Args:
         qmodel: the quantized ANN the SNN was converted from; the fixed teacher (not changed).

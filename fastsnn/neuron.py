@@ -1,4 +1,4 @@
-"""Integrate-and-fire neurons (METHOD.md §3), signed and unsigned, multi-step over T.
+"""Integrate-and-fire neurons (docs/method.md §3), signed and unsigned, multi-step over T.
 
 Time is the first dimension (``[T, N, ...]``). A neuron starts every sequence with its
 membrane at ``threshold / 2`` and resets by subtraction, so with a constant input ``x`` it

@@ -1,4 +1,4 @@
-"""Quantized ANN building blocks (METHOD.md §2).
+"""Quantized ANN building blocks (docs/method.md §2).
 
 * :class:`QuantReLU` -- a ReLU clipped at a learnable ``alpha`` and quantized uniformly to
   ``2**bits`` levels. It is the activation that the converter turns into an IF neuron
@@ -32,7 +32,7 @@ WEIGHT_QUANT_MODES = ("apot", "uniform", "max")
 class _QuantReLUFunction(torch.autograd.Function):
     """Forward: ``alpha * round(clamp(relu(x)/alpha, 0, 1) * L) / L`` with ``L = 2**b - 1``.
 
-    Backward (METHOD.md §2): straight-through where ``0 < x/alpha <= 1``, zero elsewhere;
+    Backward (docs/method.md §2): straight-through where ``0 < x/alpha <= 1``, zero elsewhere;
     ``d y / d alpha`` is 1 where ``x/alpha > 1``, ``q - x/alpha`` inside the range and 0
     where the ReLU is off (``x <= 0``: the output does not depend on alpha there).
     """
@@ -222,7 +222,7 @@ class WeightQuantizer(nn.Module):
     """Quantizes a weight tensor to ``bits`` bits (sign + ``bits - 1`` magnitude bits).
 
     ``mode="apot"`` / ``"uniform"`` standardise the weight (``(w - mean) / std``) and clip
-    it at a learnable ``alpha_w`` (METHOD.md §2); ``mode="max"`` is the plain 8-bit style
+    it at a learnable ``alpha_w`` (docs/method.md §2); ``mode="max"`` is the plain 8-bit style
     max-scaled uniform quantizer used for the first and last layer. ``bits=None`` disables
     quantization (full precision).
     """
@@ -292,7 +292,7 @@ class QuantLinear(nn.Linear):
 
 # --------------------------------------------------------------------------- graph rewrites
 # ReLUs written as functions and max pools between spiking layers are found in the model's
-# torch.fx graph (METHOD.md §3) and rewritten before the modules are quantized.
+# torch.fx graph (docs/method.md §3) and rewritten before the modules are quantized.
 
 MAX_POOL_MODES = (None, "avg", "conv")
 

@@ -1,4 +1,4 @@
-"""Quantized ANN -> spiking network (METHOD.md §3), for any model built from supported layers.
+"""Quantized ANN -> spiking network (docs/method.md §3), for any model built from supported layers.
 
 The quantized model is traced with ``torch.fx`` and every node is put in one of four
 regions:

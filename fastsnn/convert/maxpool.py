@@ -5,7 +5,7 @@ bit for bit (max pooling's padding is ``-inf``, which ``q`` maps below every val
 Where the activation's input ``x`` is still analog (the stem of most ImageNet CNNs:
 conv -> bn -> relu -> maxpool) the pool can run on ``x``: it is then computed once on the
 static input and the first neurons receive the pooled value, which they reproduce exactly
-(METHOD.md §3). Max pools anywhere else stay where they are and are refused by the rules.
+(docs/method.md §3). Max pools anywhere else stay where they are and are refused by the rules.
 """
 
 from __future__ import annotations

@@ -195,7 +195,7 @@ def _small_ann():
 
 
 class _RefIF(nn.Module):
-    """An IF neuron written from METHOD.md §3, independent of fastsnn.neuron; counts spikes."""
+    """An IF neuron written from docs/method.md §3, independent of fastsnn.neuron; counts spikes."""
 
     def __init__(self, theta: float, signed: bool):
         super().__init__()
