@@ -7,7 +7,8 @@ fine-tune it layer by layer, count its spikes. No Lightning or Hydra needed here
 from .convert import ConversionError, SpikingModel, convert_to_snn, register_linear_function, register_linear_module
 from .finetune import LayerReport, layerwise_finetune
 from .neuron import IFNeuron
-from .quant import QuantConv2d, QuantLinear, QuantReLU, quantize_model
+from .quant import QuantConv2d, QuantLinear, QuantReLU
+from .quantize import quantize_model
 from .stats import spike_stats
 
 __all__ = [

@@ -33,7 +33,8 @@ import copy
 
 from torch import fx, nn
 
-from ..quant import _ACTIVATION_MODULES, activation_bits
+from ..quant import activation_bits
+from ..quantize import _ACTIVATION_MODULES
 from .integer import MIN_INTEGER_CHANNELS, SpikeConv2d, _use_integer_kernels, integer_grid
 from .maxpool import move_stem_max_pools
 from .passes import fold_batch_norms, freeze_quantized_weights, frozen_ann, static_linear_modules, trace

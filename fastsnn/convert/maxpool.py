@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from torch import fx
 
-from ..quant import QuantReLU, _max_pool
+from ..quant import QuantReLU
+from ..quantize import _max_pool
 
 
 def move_stem_max_pools(gm: fx.GraphModule) -> list[str]:

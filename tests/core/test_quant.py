@@ -4,7 +4,8 @@ from torch import fx, nn
 from torch.nn import functional as F
 
 from fastsnn import ConversionError, QuantConv2d, QuantLinear, QuantReLU, convert_to_snn, quantize_model
-from fastsnn.quant import PoolConv2d, apot_levels, prepare_model, project_to_levels, uniform_levels
+from fastsnn.quant import apot_levels, project_to_levels, uniform_levels
+from fastsnn.quantize import PoolConv2d, prepare_model
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
