@@ -141,6 +141,7 @@ def test_readme_commands_run_as_written(tmp_path, block):
             text=True,
             timeout=900,
         )
+        print(f"exit {proc.returncode}: {command}")  # the list in a session's note (pytest -s)
         assert proc.returncode == 0, f"{command}\n(run as: {shlex.join(argv)})\n{proc.stderr[-3000:]}"
         results = _results(out_dir, multirun)
         assert results, f"{command}: no results.json in {out_dir}"
