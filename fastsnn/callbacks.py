@@ -26,7 +26,7 @@ class SNNConversion(Callback):
       (``"multistep"``, fast, or ``"streaming"``, memory independent of T), ``compiled`` (fuse
       the neuron loops with torch.compile), ``integer_kernels`` (exact int8 GEMMs for the convs
       fed by spikes), ``chunk_size`` (simulate each batch this many samples at a time: less
-      memory, same outputs).
+      memory, same outputs), ``memory_budget`` (what ``mode="auto"`` may spend).
     * In every SNN test pass (``module.eval_label != "ann"``) it converts if no SNN is there
       yet, and logs spike statistics on the first ``stats_batches`` test batches:
       ``<label>/spike_rate``, ``pos_rate``, ``neg_rate``, ``sops``, ``energy_ratio`` and the
@@ -43,12 +43,14 @@ class SNNConversion(Callback):
         convert_on_fit_end: bool = False,
         chunk_size: int | None = None,
         integer_kernels: bool = False,
+        memory_budget: float | None = None,
     ):
         self.timesteps = timesteps
         self.chunk_size = chunk_size
         self.mode = mode
         self.compiled = compiled
         self.integer_kernels = integer_kernels
+        self.memory_budget = memory_budget
         self.convert_on_fit_end = convert_on_fit_end
         self.signed = signed
         self.stats_batches = stats_batches
@@ -64,6 +66,7 @@ class SNNConversion(Callback):
             compiled=self.compiled,
             integer_kernels=self.integer_kernels,
             chunk_size=self.chunk_size,
+            memory_budget=self.memory_budget,
         )
         module.set_snn(snn.to(module.device))
         return snn
