@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.classification.test_data import write_cifar10
+from tests.classification.test_fashion_mnist import write_fashion
 from tests.detection.conftest import VOC_IMAGES, write_voc
 from tests.helpers import compose_config
 from tests.segmentation.test_data import _write_voc as write_voc_segmentation
@@ -63,6 +64,7 @@ def readme_blocks() -> list[list[str]]:
 def _write_fixtures(data_dir: Path) -> None:
     """The data sets the README's recipes read, as tiny fixtures in their real formats."""
     write_cifar10(data_dir / "cifar10")
+    write_fashion(data_dir / "fashion_mnist")
     voc = data_dir / "voc"
     for split in ("test", "trainval"):
         write_voc(voc, "2007", split=split)
@@ -92,7 +94,8 @@ def _size_overrides(args: list[str], out_dir: Path) -> list[str]:
     extra = ["debug=tiny", *CPU_TRAINER]
     if "width" in cfg.model.net:
         extra.append("model.net.width=0.125")
-    for key, value in (("num_workers", 0), ("progress", "false"), ("splits", "{train:8,val:4,test:4}")):
+    tiny = (("num_workers", 0), ("progress", "false"), ("splits", "{train:8,val:4,test:4}"), ("val_size", 8))
+    for key, value in tiny:
         if key in cfg.data:
             extra.append(f"data.{key}={value}")
     if "image_size" in cfg.data and cfg.data.image_size > 64:
