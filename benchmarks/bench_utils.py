@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from fastsnn.finetune_stage import resolve_device  # noqa: F401  ("auto": the GPU if any), used by the scripts
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,12 +107,6 @@ def device_label(device: torch.device | str) -> str:
     if device.type == "cuda":
         return f"CUDA ({torch.cuda.get_device_name(device)})"
     return f"CPU ({cpu_name()}, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class LoadSampler:

@@ -40,12 +40,16 @@ class Experiment:
     cfg: DictConfig
     settings: RunSettings
     datamodule: L.LightningDataModule
-    net: nn.Module  # the quantized ANN (also ``module.net``)
     module: SNNTaskModule
     trainer: L.Trainer
     loggers: list
     conversion: SNNConversion
     out_dir: Path
+
+    @property
+    def net(self) -> nn.Module:
+        """The quantized ANN (the task module's ``net``)."""
+        return self.module.net
 
 
 def quantize_net(net: nn.Module, bits: int | None, quant: DictConfig) -> nn.Module:
@@ -94,7 +98,7 @@ def build(cfg: DictConfig) -> Experiment:
     callbacks = _callbacks(cfg)
     conversion = _conversion_callback(callbacks, settings, bool(cfg.signed))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    return Experiment(cfg, settings, datamodule, net, module, trainer, loggers, conversion, out_dir)
+    return Experiment(cfg, settings, datamodule, module, trainer, loggers, conversion, out_dir)
 
 
 def run(cfg: DictConfig) -> dict:
