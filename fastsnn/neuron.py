@@ -19,6 +19,8 @@ import types
 import torch
 from torch import nn
 
+from . import kernel_choice
+
 # A membrane counts as negative below -TOLERANCE * threshold, so that float round-off
 # of an exactly-zero membrane does not trigger a negative spike.
 TOLERANCE = 1e-6
@@ -103,16 +105,21 @@ class IFNeuron(nn.Module):
     materialising ``T`` copies of it. ``step(x_t)`` advances a persistent state one step
     at a time (streaming simulation); ``reset()`` clears that state.
 
-    ``compiled=True`` runs the T-step loop as one ``torch.compile``-d kernel (much faster on
-    CPU and GPU; the first call per shape and T compiles for a few seconds).
+    ``compiled=True`` runs the T-step loop as one ``torch.compile``-d kernel (often faster; the
+    first call per T compiles for seconds). ``compiled="auto"`` (the converter's default)
+    compiles a kernel only once its eager runs have taken as long as a compile, and keeps it only
+    where it measured faster on this machine (:mod:`fastsnn.kernel_choice`). The outputs are the
+    same either way.
     """
 
-    def __init__(self, threshold: float | torch.Tensor, signed: bool = True, compiled: bool = False):
+    def __init__(self, threshold: float | torch.Tensor, signed: bool = True, compiled: bool | str = False):
         super().__init__()
         threshold = torch.as_tensor(threshold, dtype=torch.float32).detach().clone().reshape(-1)
         if threshold.numel() != 1 or threshold.item() <= 0:
             raise ValueError(f"IFNeuron needs one positive threshold, got {threshold.tolist()}")
         self.register_buffer("threshold", threshold)
+        if compiled not in (True, False, "auto"):
+            raise ValueError(f"compiled must be True, False or 'auto', got {compiled!r}")
         self.signed = signed
         self.compiled = compiled
         self.v: torch.Tensor | None = None
@@ -122,12 +129,17 @@ class IFNeuron(nn.Module):
         return f"threshold={self.threshold.item():.4g}, signed={self.signed}"
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        T = x_seq.shape[0]
-        return _multistep_fn(self.compiled, T, self.signed, False)(x_seq, self.threshold, self.signed, T, False)
+        return self._run(x_seq, x_seq.shape[0], constant=False)
 
     def forward_constant(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
-        fn = _multistep_fn(self.compiled, timesteps, self.signed, True)
-        return fn(x, self.threshold, self.signed, timesteps, True)
+        return self._run(x, timesteps, constant=True)
+
+    def _run(self, x: torch.Tensor, timesteps: int, constant: bool) -> torch.Tensor:
+        args = (x, self.threshold, self.signed, timesteps, constant)
+        if self.compiled == "auto":
+            fused = lambda: _multistep_fn(True, timesteps, self.signed, constant)  # noqa: E731
+            return kernel_choice.run(if_multistep, fused, args, x, timesteps, self.signed, constant)
+        return _multistep_fn(self.compiled, timesteps, self.signed, constant)(*args)
 
     def reset(self) -> None:
         self.v = None

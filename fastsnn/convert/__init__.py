@@ -106,7 +106,7 @@ def convert_to_snn(
     timesteps: int | None = None,
     signed: bool = True,
     mode: str = "multistep",
-    compiled: bool = False,
+    compiled: bool | str = "auto",
     integer_kernels: bool = False,
     chunk_size: int | None = None,
     memory_budget: float | None = None,
@@ -123,8 +123,10 @@ def convert_to_snn(
     per input shape, streaming when a multi-step pass would need more than ``memory_budget``
     (bytes, or a fraction of the device's available memory; default: half of it) at its peak,
     estimated on the meta device; each choice is logged once. ``compiled=True``
-    fuses each neuron layer's T-step loop into one ``torch.compile``-d kernel (see
-    :class:`~fastsnn.neuron.IFNeuron`). ``integer_kernels=True`` runs every conv fed by spikes
+    fuses each neuron layer's T-step loop into one ``torch.compile``-d kernel, ``False`` keeps
+    the eager loop, and the default ``"auto"`` compiles a kernel once its eager runs have cost
+    as much as a compile, and only where the fused kernel measured faster on this machine
+    (decision cached; see :mod:`fastsnn.kernel_choice`). ``integer_kernels=True`` runs every conv fed by spikes
     whose weights are on an integer grid (weights quantized with ``weight_bits``, batch norm
     folded in) as an exact int8 x int8 -> int32 GEMM (:class:`SpikeConv2d`): much faster on CPUs
     with int8 dot-product instructions; same outputs up to float rounding. ``chunk_size``

@@ -1,0 +1,169 @@
+"""Automatic choice between the eager and the ``torch.compile``-fused neuron loop (``compiled="auto"``).
+
+Compiling pays only when a kernel runs long enough: a fused kernel costs seconds to build, and
+on some CPUs it is not faster at all. So the choice is measured, per machine and kernel class
+(device, dtype, T, signed, constant input, size of one step to the nearest power of two):
+
+1. A kernel class runs eagerly, and the eager time spent on it in this process is tallied.
+2. Once that time reaches what a compile is expected to cost (the last compile measured on this
+   machine, or ``DEFAULT_COMPILE_S``), the fused kernel is built and timed against the eager
+   loop on the same input; the faster one is kept, and used only if it gives the same outputs.
+3. The decision, both timings and the compile time are cached in ``kernel_choice.json`` in the
+   cache directory (``$FASTSNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/fastsnn``, else
+   ``~/.cache/fastsnn``), keyed by the machine, and logged once. A later process that finds
+   "eager" never compiles that class; one that finds "compiled" still compiles only once the
+   eager time has paid for it, since the compile itself is paid again in every process.
+
+Short evaluations (a smoke test, the test suite) therefore never compile, and long ones compile
+once the kernel class has been used for as long as a compile takes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_COMPILE_S = 10.0  # assumed cost of one compile before any has been measured here
+_tally: dict[str, float] = {}  # eager seconds spent per kernel class in this process
+_decided: dict[str, bool] = {}  # kernel class -> use the fused kernel
+_unavailable: list[str] = []  # why torch.compile cannot be used here (logged once)
+_file: dict[Path, dict] = {}  # the cache file as last read or written by this process
+
+
+def cache_path() -> Path:
+    root = os.environ.get("FASTSNN_CACHE_DIR")
+    if root is None:
+        root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fastsnn"
+    return Path(root) / "kernel_choice.json"
+
+
+def machine_key(device: torch.device) -> str:
+    """What the timings depend on: processor, torch version and threads, or the GPU's name."""
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        where = f"{platform.machine()} {_cpu_name()} threads={torch.get_num_threads()}"
+    return f"{where} | torch {torch.__version__}"
+
+
+@lru_cache(maxsize=1)
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def kernel_class(x: torch.Tensor, timesteps: int, signed: bool, constant: bool) -> str:
+    step_numel = x.numel() if constant else x[0].numel()
+    size = 1 << max(step_numel - 1, 0).bit_length()
+    kind = f"{'signed' if signed else 'unsigned'}{'_constant' if constant else ''}"
+    return f"{x.device.type} {str(x.dtype).removeprefix('torch.')} T={timesteps} {kind} numel~{size}"
+
+
+def _load() -> dict:
+    path = cache_path()
+    if path not in _file:
+        try:
+            _file[path] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            _file[path] = {}
+    return _file[path]
+
+
+def _store(machine: str, cls: str, entry: dict) -> None:
+    """Merge one decision into the cache file; a cache that cannot be written only costs a re-probe."""
+    path = cache_path()
+    _file.pop(path, None)  # re-read: another process may have added entries
+    data = _load()
+    data.setdefault(machine, {})[cls] = entry
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        tmp.replace(path)  # atomic: concurrent processes never read half a file
+    except OSError as err:
+        logger.warning("could not write the kernel choice cache %s (%s); it will be measured again", path, err)
+
+
+def _compile_cost(machine: str) -> float:
+    seconds = [e["compile_s"] for e in _load().get(machine, {}).values() if "compile_s" in e]
+    return min(seconds) if seconds else DEFAULT_COMPILE_S
+
+
+def _timed(fn, device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - start
+
+
+def run(eager, compiled_factory, args: tuple, x: torch.Tensor, timesteps: int, signed: bool, constant: bool):
+    """Run one neuron call with the kernel chosen for its class (see the module docstring)."""
+    cls = kernel_class(x, timesteps, signed, constant)
+    if _decided.get(cls):
+        return compiled_factory()(*args)
+    if cls in _decided or _unavailable:
+        return eager(*args)
+    machine = machine_key(x.device)
+    cached = _load().get(machine, {}).get(cls)
+    if cached is not None and cached["choice"] == "eager":
+        _decided[cls] = False
+        logger.info("neuron kernels %s: eager loop (cached measurement, %s)", cls, cache_path())
+        return eager(*args)
+    out, seconds = _timed(lambda: eager(*args), x.device)
+    _tally[cls] = _tally.get(cls, 0.0) + seconds
+    if _tally[cls] >= (cached or {}).get("compile_s", _compile_cost(machine)):
+        _decide(cls, machine, eager, compiled_factory, args, out, seconds)
+    return out
+
+
+def _decide(cls, machine, eager, compiled_factory, args, eager_out, eager_s) -> None:
+    device = eager_out.device
+    try:
+        fused, compile_s = _timed(lambda: compiled_factory()(*args), device)
+    except Exception as err:  # no working compiler (no C++ toolchain, unsupported Python, ...)
+        _unavailable.append(f"{type(err).__name__}: {err}".splitlines()[0])
+        logger.warning("torch.compile is not usable here (%s); neurons use the eager loop", _unavailable[0])
+        return
+    if not torch.equal(fused, eager_out):
+        _decided[cls] = False
+        logger.warning("neuron kernels %s: the fused kernel's outputs differ from the eager loop's; eager kept", cls)
+        return
+    _, fused_s = _timed(lambda: compiled_factory()(*args), device)
+    _decided[cls] = fused_s < eager_s
+    choice = "compiled" if _decided[cls] else "eager"
+    entry = dict(choice=choice, eager_ms=eager_s * 1e3, compiled_ms=fused_s * 1e3, compile_s=compile_s)
+    _store(machine, cls, entry)
+    logger.info(
+        "neuron kernels %s: %s (eager %.1f ms, fused %.1f ms per call, compile %.1f s; cached in %s)",
+        cls,
+        choice,
+        eager_s * 1e3,
+        fused_s * 1e3,
+        compile_s,
+        cache_path(),
+    )
+
+
+def reset() -> None:
+    """Forget this process's tallies and decisions (the cache file stays)."""
+    _tally.clear()
+    _decided.clear()
+    _unavailable.clear()
+    _file.clear()
