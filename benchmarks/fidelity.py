@@ -275,7 +275,12 @@ def run_model(model: str, data: dict, args, log) -> dict:
                 batches = list(loader(ft_split, batch_size=64, shuffle=True, seed=args.seed))
                 validate = (lambda s: accuracy(s, data["val"])) if args.validate else None
                 reports = fastsnn.layerwise_finetune(
-                    qmodel, snn, batches, validate=validate, epochs_per_layer=args.epochs_per_layer[model]
+                    qmodel,
+                    snn,
+                    batches,
+                    validate=validate,
+                    epochs_per_layer=args.epochs_per_layer[model],
+                    lr=args.ft_lr,
                 )
                 row["finetune_s"] = time.perf_counter() - t1
                 row["finetune_layers"] = [
@@ -443,7 +448,7 @@ def _header(result: dict) -> list[str]:
     n_test = result["splits"]["test"]
     fine_tuning = (
         f"fine-tuning at T = 2^b - 1 ({', '.join(f'{m}: {n} epoch(s)/layer' for m, n in cfg['epochs_per_layer'].items() if m in cfg['models'])}"
-        f"{', validation-gated' if cfg['validate'] else ''}"
+        f"{', validation-gated' if cfg['validate'] else ''}, lr {cfg.get('ft_lr', 1e-3):g}"
     )
     if cfg["data"] == "digits":
         return [
@@ -772,6 +777,7 @@ def parse_args(argv=None):
         default=None,
         help="training images for the layer-wise fine-tuning (digits: all; Fashion-MNIST 512)",
     )
+    p.add_argument("--ft-lr", type=float, default=1e-3, help="fine-tuning learning rate (METHOD.md: 1e-3)")
     p.add_argument("--subset-seed", type=int, default=0, help="Fashion-MNIST: seed of the fixed subsets")
     p.add_argument(
         "--val-size",
