@@ -55,13 +55,21 @@ from fastsnn.backbones import create_backbone
 from fastsnn.convert import frozen_ann
 
 ARCHS = ("vgg11", "resnet20")
-SNN_VARIANTS = ("fastsnn_compiled", "fastsnn_integer", "fastsnn_chunked", "fastsnn_eager", "fastsnn_streaming")
+SNN_VARIANTS = (
+    "fastsnn_default",
+    "fastsnn_compiled",
+    "fastsnn_integer",
+    "fastsnn_chunked",
+    "fastsnn_eager",
+    "fastsnn_streaming",
+)
 SJ_VARIANTS = ("sj_single_step", "sj_multi_step")
 # SpikingJelly's STBIFNode (SpikeZIP's ST-BIF) simulating our own quantized ANN: the neuron closest to ours
 STBIF_VARIANTS = ("stbif_single_step", "stbif_multi_step")
 LABELS = {
     "ann_float": "float ANN",
     "ann_quant": "quantized ANN",
+    "fastsnn_default": "Fast-SNN default, convert_to_snn(q) (compiled='auto')",
     "fastsnn_compiled": "Fast-SNN multi-step, fused neurons (compiled=True)",
     "fastsnn_integer": "Fast-SNN multi-step, fused neurons + int8 synapses (integer_kernels=True)",
     "fastsnn_chunked": "Fast-SNN multi-step, fused neurons + int8 synapses, batch in chunks (chunk_size)",
@@ -147,8 +155,10 @@ def inference(arch: str, args, device, log) -> tuple[list[dict], list[dict]]:
                     integer_kernels=args.weight_bits == "same",
                     chunk_size=args.chunk_size,
                 )
+            if "fastsnn_default" in args.variants:
+                snns["fastsnn_default"] = fastsnn.convert_to_snn(q, timesteps=T)
             if "fastsnn_eager" in args.variants:
-                snns["fastsnn_eager"] = fastsnn.convert_to_snn(q, timesteps=T, mode="multistep")
+                snns["fastsnn_eager"] = fastsnn.convert_to_snn(q, timesteps=T, mode="multistep", compiled=False)
             if "fastsnn_streaming" in args.variants:
                 snns["fastsnn_streaming"] = fastsnn.convert_to_snn(q, timesteps=T, mode="streaming")
             fns = dict(anns)
@@ -210,7 +220,7 @@ def _diffs_from_ours(peers: dict, snns: dict, q: nn.Module, T: int, x: torch.Ten
     """Largest absolute difference of each peer's output from our SNN's on the benchmark batch."""
     if not peers:
         return {}
-    ours = snns.get("fastsnn_eager") or fastsnn.convert_to_snn(q, timesteps=T, mode="multistep")
+    ours = snns.get("fastsnn_eager") or fastsnn.convert_to_snn(q, timesteps=T, mode="multistep", compiled=False)
     reference = ours(x)
     return {k: float((peer(x) - reference).abs().max()) for k, peer in peers.items()}
 
