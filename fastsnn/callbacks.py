@@ -24,7 +24,8 @@ class SNNConversion(Callback):
       checkpoint instead, and a full-precision stage has nothing to convert).
     * the simulation options are those of :func:`fastsnn.convert_to_snn`: ``mode``
       (``"multistep"``, fast, or ``"streaming"``, memory independent of T), ``compiled`` (fuse
-      the neuron loops with torch.compile: ``"auto"``, measured per machine, or ``True`` / ``False``), ``integer_kernels`` (exact int8 GEMMs for the convs
+      the neuron loops with torch.compile: ``"auto"``, measured per machine, or ``True`` /
+      ``False``), ``integer_kernels`` (exact int8 GEMMs for the convs
       fed by spikes), ``chunk_size`` (simulate each batch this many samples at a time: less
       memory, same outputs), ``memory_budget`` (what ``mode="auto"`` may spend).
     * In every SNN test pass (``module.eval_label != "ann"``) it converts if no SNN is there
