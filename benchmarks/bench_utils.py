@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from fastsnn.finetune_stage import resolve_device  # noqa: F401  ("auto": the GPU if any), used by the scripts
+from fastsnn.kernel_choice import cpu_name
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -42,16 +43,6 @@ def load_average() -> float | None:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
         return None
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def git_commit() -> str | None:

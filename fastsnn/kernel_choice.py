@@ -5,7 +5,7 @@ on some CPUs it is not faster at all. So the choice is measured, per machine and
 (device, dtype, T, signed, constant input, size of one step to the nearest power of two):
 
 1. A kernel class runs eagerly, and the eager time spent on it in this process is tallied.
-2. Once that time reaches what a compile is expected to cost (the last compile measured on this
+2. Once that time reaches what a compile is expected to cost (the shortest compile measured on this
    machine, or ``DEFAULT_COMPILE_S``), the fused kernel is built and timed against the eager
    loop on the same input; the faster one is kept, and used only if it gives the same outputs.
 3. The decision, both timings and the compile time are cached in ``kernel_choice.json`` in the
@@ -25,6 +25,7 @@ import logging
 import os
 import platform
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -33,8 +34,19 @@ import torch
 logger = logging.getLogger(__name__)
 
 DEFAULT_COMPILE_S = 10.0  # assumed cost of one compile before any has been measured here
-# kernel class -> [name, machine, eager seconds after which a compile pays, eager seconds so far]
-_pending: dict[tuple, list] = {}
+
+
+@dataclass
+class _Pending:
+    """A kernel class not decided yet in this process."""
+
+    name: str  # its key in the cache file
+    machine: str
+    pays_after: float  # eager seconds after which a compile pays
+    spent: float = 0.0  # eager seconds spent on it so far
+
+
+_pending: dict[tuple, _Pending] = {}
 _decided: dict[tuple, bool] = {}  # kernel class -> use the fused kernel
 _unavailable: list[str] = []  # why torch.compile cannot be used here (logged once)
 _file: dict[Path, dict] = {}  # the cache file as last read or written by this process
@@ -52,19 +64,20 @@ def machine_key(device: torch.device) -> str:
     if device.type == "cuda":
         where = torch.cuda.get_device_name(device)
     else:
-        where = f"{platform.machine()} {_cpu_name()} threads={torch.get_num_threads()}"
+        where = f"{platform.machine()} {cpu_name()} threads={torch.get_num_threads()}"
     return f"{where} | torch {torch.__version__}"
 
 
 @lru_cache(maxsize=1)
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "cpu"
+    return platform.processor() or platform.machine()
 
 
 def kernel_class(x: torch.Tensor, timesteps: int, signed: bool, constant: bool) -> str:
@@ -133,13 +146,13 @@ def run(eager, compiled_factory, args: tuple, x: torch.Tensor, timesteps: int, s
             logger.info("neuron kernels %s: eager loop (cached measurement, %s)", cls, cache_path())
             return eager(*args)
         pays_after = cached["compile_s"] if cached is not None else _compile_cost(machine)
-        _pending[key] = [cls, machine, pays_after, 0.0]
+        _pending[key] = _Pending(cls, machine, pays_after)
     out, seconds = _timed(lambda: eager(*args), x.device)
     pending = _pending[key]
-    pending[3] += seconds  # eager seconds spent on this class in this process
-    if pending[3] >= pending[2]:
+    pending.spent += seconds
+    if pending.spent >= pending.pays_after:
         del _pending[key]
-        _decided[key] = _decide(*pending[:2], eager, compiled_factory, args, out, seconds)
+        _decided[key] = _decide(pending.name, pending.machine, eager, compiled_factory, args, out, seconds)
     return out
 
 
