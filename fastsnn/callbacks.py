@@ -25,8 +25,8 @@ class SNNConversion(Callback):
     * the simulation options are those of :func:`fastsnn.convert_to_snn`: ``mode``
       (``"multistep"``, fast, or ``"streaming"``, memory independent of T), ``compiled`` (fuse
       the neuron loops with torch.compile: ``"auto"``, measured per machine, or ``True`` /
-      ``False``), ``integer_kernels`` (exact int8 GEMMs for the convs
-      fed by spikes), ``chunk_size`` (simulate each batch this many samples at a time: less
+      ``False``), ``integer_kernels`` (exact int8 GEMMs for the convs fed by spikes: ``"auto"``,
+      measured per machine, or ``True`` / ``False``), ``chunk_size`` (simulate each batch this many samples at a time: less
       memory, same outputs), ``memory_budget`` (what ``mode="auto"`` may spend).
     * In every SNN test pass (``module.eval_label != "ann"``) it converts if no SNN is there
       yet, and logs spike statistics on the first ``stats_batches`` test batches:
@@ -43,7 +43,7 @@ class SNNConversion(Callback):
         compiled: bool | str = "auto",
         convert_on_fit_end: bool = False,
         chunk_size: int | None = None,
-        integer_kernels: bool = False,
+        integer_kernels: bool | str = "auto",
         memory_budget: float | None = None,
     ):
         self.timesteps = timesteps

@@ -1,8 +1,10 @@
-"""Automatic choice between the eager and the ``torch.compile``-fused neuron loop (``compiled="auto"``).
+"""Automatic kernel choices, measured per machine and cached: the neuron loop
+(``compiled="auto"``: eager or ``torch.compile``-fused) and the synapses of spike-fed convs
+(``integer_kernels="auto"``: float32 convolution or exact int8 GEMM).
 
-Compiling pays only when a kernel runs long enough: a fused kernel costs seconds to build, and
-on some CPUs it is not faster at all. So the choice is measured, per machine and kernel class
-(device, dtype, T, signed, constant input, size of one step to the nearest power of two):
+**Neuron loops.** Compiling pays only when a kernel runs long enough: a fused kernel costs seconds
+to build, and on some CPUs it is not faster at all. So the choice is measured, per machine and
+kernel class (device, dtype, T, signed, constant input, size of one step to the nearest power of two):
 
 1. A kernel class runs eagerly, and the eager time spent on it in this process is tallied.
 2. Once that time reaches what a compile is expected to cost (the shortest compile measured on this
@@ -16,6 +18,14 @@ on some CPUs it is not faster at all. So the choice is measured, per machine and
 
 Short evaluations (a smoke test, the test suite) therefore never compile, and long ones compile
 once the kernel class has been used for as long as a compile takes.
+
+**Integer synapses.** An int8 GEMM is many times faster than float32 on CPUs with int8
+dot-product instructions (VNNI) and many times slower on CPUs without them, so it is measured too,
+per conv class (device, kernel, stride, channels, spikes or pooled spikes, rows to the nearest power
+of two). A class runs the float convolution until it has spent ``INTEGER_PROBE_AFTER_S`` on it; then
+both kernels run once on a slice of that call's batch (small enough that even a slow int8 GEMM
+costs little), the int8 outputs are checked against the float ones (equal up to float rounding),
+and the faster kernel is kept and cached as above. A cached decision applies at once.
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ import torch
 logger = logging.getLogger(__name__)
 
 DEFAULT_COMPILE_S = 10.0  # assumed cost of one compile before any has been measured here
+INTEGER_PROBE_AFTER_S = 1.0  # float time a conv class runs before its int8 kernel is measured
+PROBE_SLICE_S = 0.01  # float time of the batch slice the int8 probe runs on
 
 
 @dataclass
@@ -50,6 +62,8 @@ _pending: dict[tuple, _Pending] = {}
 _decided: dict[tuple, bool] = {}  # kernel class -> use the fused kernel
 _unavailable: list[str] = []  # why torch.compile cannot be used here (logged once)
 _file: dict[Path, dict] = {}  # the cache file as last read or written by this process
+_int_pending: dict[tuple, _Pending] = {}
+_int_decided: dict[tuple, bool] = {}  # conv class -> use the int8 GEMM
 
 
 def cache_path() -> Path:
@@ -147,13 +161,21 @@ def run(eager, compiled_factory, args: tuple, x: torch.Tensor, timesteps: int, s
             return eager(*args)
         pays_after = cached["compile_s"] if cached is not None else _compile_cost(machine)
         _pending[key] = _Pending(cls, machine, pays_after)
-    out, seconds = _timed(lambda: eager(*args), x.device)
-    pending = _pending[key]
-    pending.spent += seconds
-    if pending.spent >= pending.pays_after:
-        del _pending[key]
-        _decided[key] = _decide(pending.name, pending.machine, eager, compiled_factory, args, out, seconds)
+    out, seconds, due = _tally(_pending, key, lambda: eager(*args), x.device)
+    if due is not None:
+        _decided[key] = _decide(due.name, due.machine, eager, compiled_factory, args, out, seconds)
     return out
+
+
+def _tally(pending: dict, key: tuple, fn, device: torch.device):
+    """Run and time ``fn`` for an undecided class; the class's ``_Pending``, removed, once it is due."""
+    out, seconds = _timed(fn, device)
+    entry = pending[key]
+    entry.spent += seconds
+    if entry.spent < entry.pays_after:
+        return out, seconds, None
+    del pending[key]
+    return out, seconds, entry
 
 
 def _decide(cls, machine, eager, compiled_factory, args, eager_out, eager_s) -> bool:
@@ -186,9 +208,74 @@ def _decide(cls, machine, eager, compiled_factory, args, eager_out, eager_s) -> 
     return choice == "compiled"
 
 
+def run_integer(float_fn, integer_fn, key: tuple, describe, x: torch.Tensor):
+    """One spike-fed conv call with the synapse kernel chosen for its class (module docstring).
+
+    ``float_fn(x)`` / ``integer_fn(x)`` run the layer on (a slice of) the input; ``integer_fn``
+    returns None where this layer cannot take the int8 path now (weights off the integer grid).
+    ``key`` identifies the class; ``describe(key)`` gives its name in the cache file.
+    """
+    decided = _int_decided.get(key)
+    if decided is None and key not in _int_pending:
+        name, machine = describe(key), machine_key(x.device)
+        cached = _load().get(machine, {}).get(name)
+        if cached is not None:
+            decided = _int_decided[key] = cached["choice"] == "integer"
+            logger.info("spike-fed convs %s: %s (cached measurement, %s)", name, cached["choice"], cache_path())
+        else:
+            _int_pending[key] = _Pending(name, machine, INTEGER_PROBE_AFTER_S)
+    if decided is not None:
+        out = integer_fn(x) if decided else None
+        return float_fn(x) if out is None else out
+    out, seconds, due = _tally(_int_pending, key, lambda: float_fn(x), x.device)
+    if due is not None:
+        choice = _probe_integer(due, float_fn, integer_fn, x, seconds)
+        if choice is None:  # this layer cannot tell (off the grid): another of the class will
+            _int_pending[key] = due
+        else:
+            _int_decided[key] = choice
+    return out
+
+
+def _probe_integer(pending: _Pending, float_fn, integer_fn, x: torch.Tensor, float_s: float) -> bool | None:
+    """Time both kernels on a slice of ``x``; True to use the int8 GEMM, None if it does not apply here."""
+    n = max(1, min(x.shape[0], int(x.shape[0] * PROBE_SLICE_S / max(float_s, 1e-9))))
+    part = x[:n]
+    try:
+        got, integer_s = _timed(lambda: integer_fn(part), x.device)
+    except RuntimeError as err:  # a shape / layout this device's int8 GEMM does not take
+        logger.warning("spike-fed convs %s: the int8 GEMM failed (%s); float convolutions kept", pending.name, err)
+        _store(pending.machine, pending.name, dict(choice="float", error=str(err).splitlines()[0]))
+        return False
+    if got is None:
+        return None
+    want, slice_float_s = _timed(lambda: float_fn(part), x.device)
+    if not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max().clamp_min(1))):
+        logger.warning("spike-fed convs %s: the int8 outputs differ from the float ones; float kept", pending.name)
+        return False
+    if integer_s < 2 * slice_float_s:  # plausibly faster: time it again, without first-call costs
+        integer_s = min(integer_s, _timed(lambda: integer_fn(part), x.device)[1])
+        slice_float_s = min(slice_float_s, _timed(lambda: float_fn(part), x.device)[1])
+    choice = "integer" if integer_s < slice_float_s else "float"
+    entry = dict(choice=choice, float_ms=slice_float_s * 1e3, integer_ms=integer_s * 1e3, probe_samples=n)
+    _store(pending.machine, pending.name, entry)
+    logger.info(
+        "spike-fed convs %s: %s (float %.2f ms, int8 %.2f ms on %d samples; cached in %s)",
+        pending.name,
+        choice,
+        slice_float_s * 1e3,
+        integer_s * 1e3,
+        n,
+        cache_path(),
+    )
+    return choice == "integer"
+
+
 def reset() -> None:
     """Forget this process's tallies and decisions (the cache file stays)."""
     _pending.clear()
     _decided.clear()
+    _int_pending.clear()
+    _int_decided.clear()
     _unavailable.clear()
     _file.clear()

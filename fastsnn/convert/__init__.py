@@ -107,7 +107,7 @@ def convert_to_snn(
     signed: bool = True,
     mode: str = "multistep",
     compiled: bool | str = "auto",
-    integer_kernels: bool = False,
+    integer_kernels: bool | str = "auto",
     chunk_size: int | None = None,
     memory_budget: float | None = None,
 ) -> SpikingModel:
@@ -127,9 +127,13 @@ def convert_to_snn(
     the eager loop, and the default ``"auto"`` compiles a kernel once its eager runs have cost
     as much as a compile, and only where the fused kernel measured faster on this machine
     (decision cached; see :mod:`fastsnn.kernel_choice`). ``integer_kernels=True`` runs every conv fed by spikes
-    whose weights are on an integer grid (weights quantized with ``weight_bits``, batch norm
-    folded in) as an exact int8 x int8 -> int32 GEMM (:class:`SpikeConv2d`): much faster on CPUs
-    with int8 dot-product instructions; same outputs up to float rounding. ``chunk_size``
+    with at least ``MIN_INTEGER_CHANNELS`` inputs whose weights are on an integer grid (weights
+    quantized with ``weight_bits``, batch norm folded in) as an exact int8 x int8 -> int32 GEMM
+    (:class:`SpikeConv2d`): much faster on CPUs with int8 dot-product instructions, much slower
+    on CPUs without them; same outputs up to float rounding. The default ``"auto"`` measures both
+    kernels per conv class once a class has run for a second, keeps the faster (cached per
+    machine) and uses it for every spike-fed conv with integer-grid weights; ``False`` keeps
+    float32 convolutions everywhere. ``chunk_size``
     simulates large batches a chunk of samples at a time (see :class:`SpikingModel`).
 
     A max pool right after a QuantReLU whose input is analog (conv -> bn -> relu -> maxpool
@@ -141,6 +145,8 @@ def convert_to_snn(
     T = _default_timesteps(qmodel) if timesteps is None else int(timesteps)
     if T < 1:
         raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+    if integer_kernels not in (True, False, "auto"):
+        raise ValueError(f"integer_kernels must be True, False or 'auto', got {integer_kernels!r}")
     src = _traced_copy(qmodel)
     regions = classify(src)
     check(src, regions)
@@ -148,7 +154,7 @@ def convert_to_snn(
     net, layers = SpikingGraphBuilder(src, regions, ctx, signed, compiled).build(f"Spiking{type(qmodel).__name__}")
     fold_batch_norms(net)
     if integer_kernels:
-        _use_integer_kernels(net)
+        _use_integer_kernels(net, auto=integer_kernels == "auto")
     net.recompile()
     static = static_linear_modules(net, after_neurons(net))
     return SpikingModel(net, ctx, signed, layers, static, mode, chunk_size, memory_budget)

@@ -8,6 +8,7 @@ import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
+from .. import kernel_choice
 from .runtime import GraphNeuron
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class SpikeConv2d(nn.Conv2d):
         return float(neuron.threshold.item()) / pool
 
     def _integer_weights(self):
-        version = (self.weight._version, self.weight.data_ptr(), self.weight.device, self._unit())
+        version = (*self._weight_version(), self.weight.device, self._unit())
         cached = getattr(self, "_int_cache", None)  # (version, weights): one attribute, replaced at once
         if cached is None or cached[0] != version:
             grid = None
@@ -89,9 +90,45 @@ class SpikeConv2d(nn.Conv2d):
         return cached[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cache = None if torch.is_grad_enabled() or x.dtype != torch.float32 or x.dim() != 4 else self._integer_weights()
+        if torch.is_grad_enabled() or x.dtype != torch.float32 or x.dim() != 4:
+            return super().forward(x)
+        if getattr(self, "_auto", False):  # integer_kernels="auto": measured per machine and conv class
+            if getattr(self, "_off_grid", None) == self._weight_version():
+                return super().forward(x)
+            return kernel_choice.run_integer(super().forward, self._integer_or_none, self._class_key(x), _class_name, x)
+        cache = self._integer_weights()
         if cache is None:
             return super().forward(x)
+        try:
+            return self._integer_forward(x, cache)
+        except RuntimeError as err:  # a shape / layout this device's int8 GEMM does not take: stay float
+            self._int_mm_failed, self._int_cache = True, None
+            logger.warning(
+                "SpikeConv2d %r: the int8 GEMM (torch._int_mm) failed: %s. This layer runs the float "
+                "convolution from now on (same outputs, without the integer speed-up).",
+                getattr(self, "_graph_name", "?"),
+                err,
+            )
+            return super().forward(x)
+
+    def _weight_version(self) -> tuple:
+        return self.weight._version, self.weight.data_ptr()
+
+    def _integer_or_none(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The int8 path, or None (remembered until the weights change) where the weights are off the grid."""
+        cache = self._integer_weights()
+        if cache is None:
+            self._off_grid = self._weight_version()
+            return None
+        return self._integer_forward(x, cache)
+
+    def _class_key(self, x: torch.Tensor) -> tuple:
+        rows = x.shape[0] * x.shape[2] * x.shape[3]
+        spikes = self._spike_source[1] == 1
+        return (x.device, self.in_channels, self.out_channels, self.kernel_size, self.stride, spikes, _pow2(rows))
+
+    def _integer_forward(self, x: torch.Tensor, cache) -> torch.Tensor:
+        """The exact int8 x int8 -> int32 GEMM on an im2col of the input (raises if the device refuses it)."""
         w, scale, bias = cache
         B, C, H, W = x.shape
         (kh, kw), (sh, sw), (dh, dw), (ph, pw) = self.kernel_size, self.stride, self.dilation, self.padding
@@ -115,19 +152,20 @@ class SpikeConv2d(nn.Conv2d):
                 ],
                 dim=3,
             )
-        try:
-            y = torch._int_mm(cols.reshape(B * Ho * Wo, -1), w)
-        except RuntimeError as err:  # a shape / layout this device's int8 GEMM does not take: stay float
-            self._int_mm_failed, self._int_cache = True, None
-            logger.warning(
-                "SpikeConv2d %r: the int8 GEMM (torch._int_mm) failed: %s. This layer runs the float "
-                "convolution from now on (same outputs, without the integer speed-up).",
-                getattr(self, "_graph_name", "?"),
-                err,
-            )
-            return super().forward(x)
+        y = torch._int_mm(cols.reshape(B * Ho * Wo, -1), w)
         out = torch.addcmul(bias, y.to(torch.float32), scale)
         return out.view(B, Ho, Wo, self.out_channels).permute(0, 3, 1, 2)  # channels-last memory
+
+
+def _class_name(key: tuple) -> str:
+    """A conv class's name in the kernel choice cache (:mod:`fastsnn.kernel_choice`)."""
+    device, cin, cout, (kh, kw), (sh, sw), spikes, rows = key
+    fed = "spikes" if spikes else "pooled spikes"
+    return f"{device.type} conv {kh}x{kw}/{sh}x{sw} {cin}->{cout} on {fed}, rows~{rows}"
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
 
 
 # Narrower convs stay float32: with few input channels the im2col and the int8 conversions cost
@@ -135,9 +173,14 @@ class SpikeConv2d(nn.Conv2d):
 MIN_INTEGER_CHANNELS = 48
 
 
-def _use_integer_kernels(gm: fx.GraphModule) -> list[str]:
+def _use_integer_kernels(gm: fx.GraphModule, auto: bool = False) -> list[str]:
     """Turn the convs fed by one neuron layer (directly or through a k x k average pool) into
-    :class:`SpikeConv2d`; returns their names. Their weights are checked at run time."""
+    :class:`SpikeConv2d`; returns their names. Their weights are checked at run time.
+
+    ``auto`` (``integer_kernels="auto"``): every such conv, whatever its width; each call's kernel
+    is chosen by measuring (:mod:`fastsnn.kernel_choice`), and the weights are checked for an
+    integer grid only when the int8 kernel is to be measured or used.
+    """
     done = []
     for node in gm.graph.nodes:
         if node.op != "call_module" or type(gm.get_submodule(node.target)) is not nn.Conv2d:
@@ -154,7 +197,7 @@ def _use_integer_kernels(gm: fx.GraphModule) -> list[str]:
             and isinstance(gm.get_submodule(src.target), GraphNeuron)
         ):
             continue
-        if gm.get_submodule(node.target).in_channels < MIN_INTEGER_CHANNELS:
+        if not auto and gm.get_submodule(node.target).in_channels < MIN_INTEGER_CHANNELS:
             continue  # im2col and conversions cost more than the int8 GEMM saves
         if len([n for n in gm.graph.nodes if n.op == "call_module" and n.target == node.target]) != 1:
             continue
@@ -163,5 +206,6 @@ def _use_integer_kernels(gm: fx.GraphModule) -> list[str]:
         # a plain attribute, not a submodule: the neuron stays where it is in the module tree
         object.__setattr__(conv, "_spike_source", (gm.get_submodule(src.target).neuron, pool))
         conv._graph_name = node.target  # for the log, should its int8 GEMM fail
+        conv._auto = auto
         done.append(node.target)
     return done
