@@ -121,25 +121,28 @@ def methods(fp, q, T: int, x: torch.Tensor, args, device) -> dict:
     snn = lambda **kw: fastsnn.convert_to_snn(q, timesteps=T, **kw)  # noqa: E731
     call = lambda m, inp: m(inp)  # noqa: E731
     default = snn()
-    auto = snn(mode="auto")
+    auto = snn(mode="auto", chunk_size=None)
     choice = auto.resolve_mode(torch.empty(x.shape, dtype=x.dtype, device=device))  # the choice on this device
+    # the default's mode and chunks as it plans them on this device (the meta run itself takes whole batches)
+    default_mode, default_chunk = default.plan(torch.empty(x.shape, dtype=x.dtype, device=device))
     out = {
         "ann_quant": (frozen_ann(q), call, LABELS["ann_quant"]),
         "fastsnn_default": (default, call, LABELS["fastsnn_default"] + f" (mode={default.mode!r})"),
-        "fastsnn_multistep": (snn(mode="multistep"), call, LABELS["fastsnn_multistep"]),
-        "fastsnn_streaming": (snn(mode="streaming"), call, LABELS["fastsnn_streaming"]),
+        "fastsnn_multistep": (snn(mode="multistep", chunk_size=None), call, LABELS["fastsnn_multistep"]),
+        "fastsnn_streaming": (snn(mode="streaming", chunk_size=None), call, LABELS["fastsnn_streaming"]),
         "fastsnn_chunked": (snn(mode="multistep", chunk_size=chunk), call, LABELS["fastsnn_chunked"]),
         "fastsnn_streaming_chunked": (
             snn(mode="streaming", chunk_size=chunk),
             call,
             LABELS["fastsnn_streaming_chunked"],
         ),
-        "fastsnn_auto": (snn(mode=choice), call, LABELS["fastsnn_auto"].format(choice=choice)),
+        "fastsnn_auto": (snn(mode=choice, chunk_size=None), call, LABELS["fastsnn_auto"].format(choice=choice)),
     }
     for k in ("fastsnn_chunked", "fastsnn_streaming_chunked"):
         out[k] = (*out[k][:2], out[k][2].format(chunk=chunk))
-    if default.mode == "auto":  # measured as what it chooses here
-        out["fastsnn_default"] = (snn(mode=choice), call, LABELS["fastsnn_default"] + f" (mode='auto': {choice})")
+    if (default.mode, default.chunk_size) != (default_mode, default_chunk):  # measured as what it chooses here
+        label = f"{LABELS['fastsnn_default']} (mode={default_mode}, chunk_size={default_chunk})"
+        out["fastsnn_default"] = (snn(mode=default_mode, chunk_size=default_chunk), call, label)
     if not args.no_spikingjelly and bu.spikingjelly_version() is not None:
         calib = [(torch.randn(1, *x.shape[1:]), None)]  # thresholds do not change memory: a one-image calibration
         for name, step in (("sj_multi_step", "m"), ("sj_single_step", "s")):

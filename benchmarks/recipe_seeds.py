@@ -48,14 +48,25 @@ def run_stage(experiment: str, seed: int, run_dir: Path, overrides: list[str], t
     return json.loads(results.read_text())
 
 
+def stage_seconds(run_dir: Path) -> float:
+    """Wall time of a finished run: from Hydra's config (written first) to its results.json (last)."""
+    return (run_dir / "results.json").stat().st_mtime - (run_dir / ".hydra" / "config.yaml").stat().st_mtime
+
+
 def run_chain(experiment: str, seed: int, out_dir: Path, threads: int) -> dict:
     """The recipe's progressive chain for one seed: {bits: results.json}."""
-    runs = {32: run_stage(experiment, seed, out_dir / f"seed{seed}" / "bits32", FLOAT_STAGE, threads)}
-    previous = 32
-    for bits in BITS:
-        ckpt = out_dir / f"seed{seed}" / f"bits{previous}" / "checkpoints" / "last.ckpt"
-        overrides = [f"bits={bits}", f"init_from={ckpt}"]
-        runs[bits] = run_stage(experiment, seed, out_dir / f"seed{seed}" / f"bits{bits}", overrides, threads)
+    runs, previous = {}, None
+    for bits in (32, *BITS):
+        run_dir = out_dir / f"seed{seed}" / f"bits{bits}"
+        if previous is None:
+            overrides = FLOAT_STAGE
+        else:
+            overrides = [
+                f"bits={bits}",
+                f"init_from={run_dir.parent / f'bits{previous}' / 'checkpoints' / 'last.ckpt'}",
+            ]
+        runs[bits] = run_stage(experiment, seed, run_dir, overrides, threads)
+        runs[bits]["stage_seconds"] = stage_seconds(run_dir)
         previous = bits
     return runs
 
@@ -69,7 +80,9 @@ def markdown(experiment: str, seeds: list[int], chains: dict, env: dict, load: d
         f"### Run-to-run noise of `experiment={experiment}` ({len(seeds)} seeds)",
         "",
         f"Command: `{command_line()}`. Device: {env.get('device')}; load average {load['mean']:.2f} on average "
-        f"(max {load['max']:.2f}); {minutes:.1f} min in all. Test accuracy in % on the official test set.",
+        f"(max {load['max']:.2f}) while this call ran ({minutes:.1f} min). Each seed's chain of four runs took "
+        + ", ".join(f"{sum(r['stage_seconds'] for r in chains[s].values()) / 60:.0f} min (seed {s})" for s in seeds)
+        + ". Test accuracy in % on the official test set (10,000 images: one image = 0.01 points).",
         "",
         "| bits | T | metric | " + " | ".join(f"seed {s}" for s in seeds) + " | spread |",
         "|---|---|---|" + "---|" * (len(seeds) + 1),

@@ -64,16 +64,18 @@ SNN_VARIANTS = (
     "fastsnn_streaming",
 )
 SJ_VARIANTS = ("sj_single_step", "sj_multi_step")
+# the explicit variants pin the other options: multi-step, float32 synapses, whole batches
+PLAIN = dict(mode="multistep", integer_kernels=False, chunk_size=None)
 # SpikingJelly's STBIFNode (SpikeZIP's ST-BIF) simulating our own quantized ANN: the neuron closest to ours
 STBIF_VARIANTS = ("stbif_single_step", "stbif_multi_step")
 LABELS = {
     "ann_float": "float ANN",
     "ann_quant": "quantized ANN",
-    "fastsnn_default": "Fast-SNN default, convert_to_snn(q) (compiled='auto')",
-    "fastsnn_compiled": "Fast-SNN multi-step, fused neurons (compiled=True)",
+    "fastsnn_default": "Fast-SNN default, convert_to_snn(q) (every option 'auto')",
+    "fastsnn_compiled": "Fast-SNN multi-step, fused neurons (compiled=True), float synapses, whole batches",
     "fastsnn_integer": "Fast-SNN multi-step, fused neurons + int8 synapses (integer_kernels=True)",
     "fastsnn_chunked": "Fast-SNN multi-step, fused neurons + int8 synapses, batch in chunks (chunk_size)",
-    "fastsnn_eager": "Fast-SNN multi-step, eager neurons",
+    "fastsnn_eager": "Fast-SNN multi-step, eager neurons, float synapses, whole batches",
     "fastsnn_streaming": "Fast-SNN streaming (mode='streaming')",
     "sj_single_step": "SpikingJelly single-step loop",
     "sj_multi_step": "SpikingJelly multi-step",
@@ -141,10 +143,10 @@ def inference(arch: str, args, device, log) -> tuple[list[dict], list[dict]]:
             q = qmodels[bits_for(T)]
             snns = {}
             if "fastsnn_compiled" in args.variants:
-                snns["fastsnn_compiled"] = fastsnn.convert_to_snn(q, timesteps=T, mode="multistep", compiled=True)
+                snns["fastsnn_compiled"] = fastsnn.convert_to_snn(q, timesteps=T, compiled=True, **PLAIN)
             if "fastsnn_integer" in args.variants:
                 snns["fastsnn_integer"] = fastsnn.convert_to_snn(
-                    q, timesteps=T, mode="multistep", compiled=True, integer_kernels=True
+                    q, timesteps=T, mode="multistep", compiled=True, integer_kernels=True, chunk_size=None
                 )
             if "fastsnn_chunked" in args.variants:  # int8 synapses only where the weights are quantized
                 snns["fastsnn_chunked"] = fastsnn.convert_to_snn(
@@ -158,9 +160,11 @@ def inference(arch: str, args, device, log) -> tuple[list[dict], list[dict]]:
             if "fastsnn_default" in args.variants:
                 snns["fastsnn_default"] = fastsnn.convert_to_snn(q, timesteps=T)
             if "fastsnn_eager" in args.variants:
-                snns["fastsnn_eager"] = fastsnn.convert_to_snn(q, timesteps=T, mode="multistep", compiled=False)
+                snns["fastsnn_eager"] = fastsnn.convert_to_snn(q, timesteps=T, compiled=False, **PLAIN)
             if "fastsnn_streaming" in args.variants:
-                snns["fastsnn_streaming"] = fastsnn.convert_to_snn(q, timesteps=T, mode="streaming")
+                snns["fastsnn_streaming"] = fastsnn.convert_to_snn(
+                    q, timesteps=T, mode="streaming", integer_kernels=False
+                )
             fns = dict(anns)
             fns.update({k: (lambda m=m: m(x)) for k, m in snns.items()})
             fns.update({k: (lambda s=s, T=T: s(x, T)) for k, s in sj.items() if k in args.variants})
@@ -220,7 +224,7 @@ def _diffs_from_ours(peers: dict, snns: dict, q: nn.Module, T: int, x: torch.Ten
     """Largest absolute difference of each peer's output from our SNN's on the benchmark batch."""
     if not peers:
         return {}
-    ours = snns.get("fastsnn_eager") or fastsnn.convert_to_snn(q, timesteps=T, mode="multistep", compiled=False)
+    ours = snns.get("fastsnn_eager") or fastsnn.convert_to_snn(q, timesteps=T, compiled=False, **PLAIN)
     reference = ours(x)
     return {k: float((peer(x) - reference).abs().max()) for k, peer in peers.items()}
 

@@ -22,12 +22,12 @@ class SNNConversion(Callback):
     * with ``convert_on_fit_end=True``, ``on_fit_end`` converts the final weights, so a plain
       ``Trainer`` with this callback ends with an SNN too (the pipeline converts the best
       checkpoint instead, and a full-precision stage has nothing to convert).
-    * the simulation options are those of :func:`fastsnn.convert_to_snn`: ``mode``
-      (``"multistep"``, fast, or ``"streaming"``, memory independent of T), ``compiled`` (fuse
-      the neuron loops with torch.compile: ``"auto"``, measured per machine, or ``True`` /
-      ``False``), ``integer_kernels`` (exact int8 GEMMs for the convs fed by spikes: ``"auto"``,
-      measured per machine, or ``True`` / ``False``), ``chunk_size`` (simulate each batch this many samples at a time: less
-      memory, same outputs), ``memory_budget`` (what ``mode="auto"`` may spend).
+    * the simulation options are those of :func:`fastsnn.convert_to_snn`, each ``"auto"`` by
+      default: ``mode`` (``"multistep"``, fast, or ``"streaming"``, memory independent of T;
+      ``"auto"``: streaming only where multistep would exceed ``memory_budget``), ``compiled``
+      (fuse the neuron loops with torch.compile), ``integer_kernels`` (exact int8 GEMMs for the
+      convs fed by spikes; both measured per machine under ``"auto"``) and ``chunk_size``
+      (simulate each batch this many samples at a time: less memory, same outputs).
     * In every SNN test pass (``module.eval_label != "ann"``) it converts if no SNN is there
       yet, and logs spike statistics on the first ``stats_batches`` test batches:
       ``<label>/spike_rate``, ``pos_rate``, ``neg_rate``, ``sops``, ``energy_ratio`` and the
@@ -39,10 +39,10 @@ class SNNConversion(Callback):
         timesteps: int | None = None,
         signed: bool = True,
         stats_batches: int = 4,
-        mode: str = "multistep",
+        mode: str = "auto",
         compiled: bool | str = "auto",
         convert_on_fit_end: bool = False,
-        chunk_size: int | None = None,
+        chunk_size: int | str | None = "auto",
         integer_kernels: bool | str = "auto",
         memory_budget: float | None = None,
     ):

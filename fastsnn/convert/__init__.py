@@ -105,10 +105,10 @@ def convert_to_snn(
     qmodel: nn.Module,
     timesteps: int | None = None,
     signed: bool = True,
-    mode: str = "multistep",
+    mode: str = "auto",
     compiled: bool | str = "auto",
     integer_kernels: bool | str = "auto",
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = "auto",
     memory_budget: float | None = None,
 ) -> SpikingModel:
     """Convert a quantized ANN (see :func:`fastsnn.quantize_model`) into a :class:`SpikingModel`.
@@ -119,10 +119,10 @@ def convert_to_snn(
     first layer exactly. Quantized weights are frozen at their quantized values and eval
     batch norm is folded into the layer before it. ``qmodel`` itself is not modified.
     ``mode`` is the simulation mode, ``"multistep"``, ``"streaming"`` or ``"auto"`` (see
-    :class:`SpikingModel`; it can be changed later with ``snn.mode = ...``): ``"auto"`` chooses
-    per input shape, streaming when a multi-step pass would need more than ``memory_budget``
-    (bytes, or a fraction of the device's available memory; default: half of it) at its peak,
-    estimated on the meta device; each choice is logged once. ``compiled=True``
+    :class:`SpikingModel`; it can be changed later with ``snn.mode = ...``): the default
+    ``"auto"`` chooses per input shape, streaming when a multi-step pass would need more than
+    ``memory_budget`` (bytes, or a fraction of the device's available memory; default: half of
+    it) at its peak, estimated on the meta device; each choice is logged once. ``compiled=True``
     fuses each neuron layer's T-step loop into one ``torch.compile``-d kernel, ``False`` keeps
     the eager loop, and the default ``"auto"`` compiles a kernel once its eager runs have cost
     as much as a compile, and only where the fused kernel measured faster on this machine
@@ -133,8 +133,9 @@ def convert_to_snn(
     on CPUs without them; same outputs up to float rounding. The default ``"auto"`` measures both
     kernels per conv class once a class has run for a second, keeps the faster (cached per
     machine) and uses it for every spike-fed conv with integer-grid weights; ``False`` keeps
-    float32 convolutions everywhere. ``chunk_size``
-    simulates large batches a chunk of samples at a time (see :class:`SpikingModel`).
+    float32 convolutions everywhere. ``chunk_size`` simulates large batches a chunk of samples
+    at a time; the default ``"auto"`` derives the chunk on CPUs from the layer sizes and the
+    CPU's cache, ``None`` takes whole batches (see :class:`SpikingModel`).
 
     A max pool right after a QuantReLU whose input is analog (conv -> bn -> relu -> maxpool
     stems) is moved in front of it, where it is exact (:mod:`fastsnn.convert.maxpool`).

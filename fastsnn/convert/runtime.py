@@ -18,6 +18,7 @@ import torch
 from torch import fx, nn
 
 from ..neuron import IFNeuron
+from .chunking import last_level_cache, samples_per_chunk
 from .memory import AllocationTracker, available_memory, meta_copy, meta_like
 from .passes import dependents, split_static
 
@@ -202,10 +203,13 @@ class SpikingModel(nn.Module):
     memory available on the input's device when the choice is made (CUDA: the free memory of
     ``torch.cuda.mem_get_info``; CPU: ``MemAvailable`` of ``/proc/meminfo``), or ``None``: the
     fraction ``DEFAULT_MEMORY_FRACTION`` (one half).
-    ``snn.chunk_size`` (default ``None``: the whole batch at once) simulates a batch this many
-    samples at a time: the outputs do not change (samples are independent), memory shrinks
-    with the chunk, and on CPUs the T-times larger tensors of the multistep mode can stay in
-    the cache, which makes small chunks faster there. GPUs want whole batches.
+    ``snn.chunk_size`` simulates a batch this many samples at a time (``None``: the whole batch
+    at once): the outputs do not change (samples are independent), memory shrinks with the
+    chunk, and on CPUs the T-times larger tensors of the multistep mode can stay in the cache,
+    which makes small chunks faster there. ``"auto"`` (the converter's default) derives the
+    chunk per input shape from the layer sizes and the CPU's cache
+    (:mod:`fastsnn.convert.chunking`, :meth:`resolve_chunk`); GPUs and streaming calls take
+    whole batches.
     The model is always in inference mode: ``train()`` leaves its layers in eval mode.
 
     Each call runs with its own mode and T (read when it starts), so one model may serve
@@ -234,12 +238,11 @@ class SpikingModel(nn.Module):
         self.layers = layers
         self.static_modules = static_modules  # conv/linear run on the analog input (MACs)
         self.mode = mode
-        if chunk_size is not None and int(chunk_size) < 1:
-            raise ValueError(f"chunk_size must be a positive number of samples or None, got {chunk_size}")
-        self.chunk_size = None if chunk_size is None else int(chunk_size)
+        self.chunk_size = chunk_size
         self.memory_budget = memory_budget
         self._streaming: tuple[fx.GraphModule, fx.GraphModule] | None = None
         self._auto_choices: dict[tuple, str] = {}  # mode="auto": the choice per input shape and setting
+        self._auto_chunks: dict[tuple, int] = {}  # chunk_size="auto": samples per chunk, per sample shape
         object.__setattr__(self, "_meta", None)  # a meta-device copy for the estimates (not a submodule)
         self.net.eval()
         # inference needs no autograd graph; layerwise_finetune enables one layer at a time
@@ -276,6 +279,16 @@ class SpikingModel(nn.Module):
         return state
 
     @property
+    def chunk_size(self) -> int | str | None:
+        return self._chunk_size
+
+    @chunk_size.setter
+    def chunk_size(self, chunk_size: int | str | None) -> None:
+        if chunk_size not in (None, "auto") and (isinstance(chunk_size, (bool, str)) or int(chunk_size) < 1):
+            raise ValueError(f"chunk_size must be a positive number of samples, 'auto' or None, got {chunk_size!r}")
+        self._chunk_size = chunk_size if chunk_size in (None, "auto") else int(chunk_size)
+
+    @property
     def memory_budget(self) -> float | None:
         return self._memory_budget
 
@@ -291,11 +304,13 @@ class SpikingModel(nn.Module):
         return [(layer.name, self.net.get_submodule(layer.name)) for layer in self.layers]
 
     def forward(self, x: torch.Tensor, return_steps: bool = False):
-        if self.resolve_mode(x, "cummean" if return_steps else "mean") == "streaming":
+        run = "cummean" if return_steps else "mean"
+        mode, chunk = self.plan(x, run)
+        if mode == "streaming":
             with self._streaming_call(), self.ctx.run("streaming"):
-                return self._chunked(self._forward_streaming, x, return_steps)
-        with self.ctx.run("cummean" if return_steps else "mean"):
-            return self._chunked(self._forward_multistep, x, return_steps)
+                return self._chunked(self._forward_streaming, x, return_steps, chunk)
+        with self.ctx.run(run):
+            return self._chunked(self._forward_multistep, x, return_steps, chunk)
 
     def forward_steps(self, x: torch.Tensor):
         """Outputs with the per-step values of the output layer (mode ``steps``), ``[T, N, ...]``."""
@@ -306,8 +321,9 @@ class SpikingModel(nn.Module):
         """Simulate ``x`` in the model's mode and chunks with the output region fed each step's own
         values (as :meth:`forward_steps`, whose every layer sees the same events); the outputs are
         dropped. For observers of the layers (hooks: spike statistics): the memory of the mode used."""
-        chunks = [x] if self.chunk_size is None else x.split(self.chunk_size)
-        if self.resolve_mode(x, "steps") == "streaming":
+        mode, chunk = self.plan(x, "steps")
+        chunks = [x] if chunk is None else x.split(chunk)
+        if mode == "streaming":
             with self._streaming_call(), self.ctx.run("streaming", per_step=True):
                 for chunk in chunks:
                     self._forward_streaming(chunk, False)
@@ -316,9 +332,54 @@ class SpikingModel(nn.Module):
             for chunk in chunks:
                 self.net(chunk)
 
-    # ----------------------------------------------------------------------- mode="auto"
+    # ----------------------------------------------------------------------- mode and chunks "auto"
 
-    def resolve_mode(self, x: torch.Tensor, run: str = "mean") -> str:
+    def plan(self, x: torch.Tensor, run: str = "mean") -> tuple[str, int | None]:
+        """The mode and the samples per chunk of a call on ``x``."""
+        chunk = self.resolve_chunk(x, run)
+        mode = self.resolve_mode(x, run, chunk)
+        if mode == "streaming" and self.chunk_size == "auto":
+            chunk = None  # the per-step state is small: a streaming call takes the whole batch
+        return mode, chunk
+
+    def resolve_chunk(self, x: torch.Tensor, run: str = "mean") -> int | None:
+        """Samples per chunk of a multi-step call on ``x``: ``chunk_size``, or for ``"auto"`` the
+        choice for ``x``'s sample shape (None: the whole batch)."""
+        if self.chunk_size != "auto":
+            return self.chunk_size
+        if x.device.type != "cpu" or x.shape[0] <= 1:
+            return None  # GPUs want whole batches
+        key = (tuple(x.shape[1:]), x.dtype, self.timesteps)  # the run state barely changes the peak
+        with _AUTO_LOCK:
+            if key not in self._auto_chunks:
+                self._auto_chunks[key] = self._choose_chunk(x[:1], run)
+            n = self._auto_chunks[key]
+        return None if n >= x.shape[0] else n
+
+    def _choose_chunk(self, sample: torch.Tensor, run: str) -> int:
+        shape = f"samples of shape {tuple(sample.shape[1:])}, T={self.timesteps}"
+        try:
+            per_sample = self.estimate_multistep_bytes(sample, run)
+        except Exception as err:  # an op the meta device cannot run: whole batches, and say so
+            logger.warning(
+                "chunk_size='auto': whole batches for %s: the memory estimate failed (%s: %s)",
+                shape,
+                type(err).__name__,
+                err,
+            )
+            return 2**62
+        cache, what = last_level_cache()
+        n = samples_per_chunk(per_sample, cache)
+        logger.info(
+            "chunk_size='auto': %d sample(s) per chunk for %s (a multi-step pass needs about %.2f MiB per sample; %s)",
+            n,
+            shape,
+            per_sample / 2**20,
+            what,
+        )
+        return n
+
+    def resolve_mode(self, x: torch.Tensor, run: str = "mean", chunk: int | None = None) -> str:
         """The simulation a call on ``x`` uses: ``mode``, or for ``"auto"`` the choice for ``x``'s shape.
 
         ``"auto"`` estimates the peak memory of a multi-step pass (run state ``run``) over one chunk
@@ -329,7 +390,9 @@ class SpikingModel(nn.Module):
         """
         if self.mode != "auto":
             return self.mode
-        n = x.shape[0] if self.chunk_size is None else min(x.shape[0], self.chunk_size)
+        if chunk is None and self.chunk_size != "auto":
+            chunk = self.chunk_size
+        n = x.shape[0] if chunk is None else min(x.shape[0], chunk)
         key = ((n, *x.shape[1:]), x.dtype, str(x.device), self.timesteps, run, self.memory_budget)
         with _AUTO_LOCK:
             if key not in self._auto_choices:
@@ -393,10 +456,10 @@ class SpikingModel(nn.Module):
             del out
         return tracker.peak
 
-    def _chunked(self, forward, x: torch.Tensor, return_steps: bool):
-        if self.chunk_size is None or x.shape[0] <= self.chunk_size:
+    def _chunked(self, forward, x: torch.Tensor, return_steps: bool, chunk: int | None):
+        if chunk is None or x.shape[0] <= chunk:
             return forward(x, return_steps)
-        parts = [forward(chunk, return_steps) for chunk in x.split(self.chunk_size)]
+        parts = [forward(part, return_steps) for part in x.split(chunk)]
         if not return_steps:
             return _cat_outputs(parts, dim=0)
         return _cat_outputs([p[0] for p in parts], dim=0), _cat_outputs([p[1] for p in parts], dim=1)
