@@ -9,7 +9,8 @@ the run fits a CPU). For a VGG-style and a ResNet-style net of the shared backbo
 (``fastsnn.backbones``: VGG-11 and ResNet-20, the paper's CIFAR networks, at the widths in
 ``DATASETS``):
 
-* the float ANN (plain ReLUs, batch norm): its test accuracy;
+* the float ANN (plain ReLUs, batch norm; ``--float-clip``: clipped ReLUs with learned clips, as
+  ``run.py bits=32``, and no SpikingJelly rate coding): its test accuracy;
 * SpikingJelly's conversion of that float ANN (``ann2snn.RateCodingRecipe``, modes ``max`` and
   ``99.9%``, IF neurons with soft reset, analog input at every step) at
   T = 1, 3, 7, 15, 31, 63, 127, 255 (one simulation, read after each of those steps);
@@ -222,7 +223,10 @@ def smallest_t(curve: dict[int, float], reference: float, tolerance: float = 1.0
 def run_model(model: str, data: dict, args, log) -> dict:
     t0 = time.perf_counter()
     width = args.widths[model] * args.width_scale
-    fp = train(build(model, width, args.seed), data["train"], args.fp_epochs, lr=args.lr, seed=args.seed)
+    net = build(model, width, args.seed)
+    if args.float_clip:  # clipped ReLUs whose clip is learned at full precision, as run.py's bits=32 stage
+        net = fastsnn.quantize_model(net, None, alpha_init=args.alpha_init)
+    fp = train(net, data["train"], args.fp_epochs, lr=args.lr, seed=args.seed)
     res = {
         "model": model,
         "width": width,
@@ -710,6 +714,13 @@ def parse_args(argv=None):
     p.add_argument("--q-lr", type=float, default=0.02)
     p.add_argument("--alpha-init", type=float, default=2.0)
     p.add_argument(
+        "--float-clip",
+        action="store_true",
+        help="train the float ANN with clipped ReLUs whose clip is learned (QuantReLU(bits=None), as "
+        "run.py bits=32 and METHOD.md's progressive training), so the quantized ANNs start from learned clips "
+        "(default: plain ReLUs, clips start at --alpha-init; SpikingJelly's rate coding needs plain ReLUs)",
+    )
+    p.add_argument(
         "--epochs-per-layer",
         nargs="+",
         default=None,
@@ -814,6 +825,8 @@ def parse_args(argv=None):
     if args.sj_images is None and "sj" in ds["images"]:
         args.sj_images = ds["images"]["sj"][q]
     args.stbif = ds["stbif"] if args.stbif is None else args.stbif
+    if args.float_clip and args.sj_modes:
+        p.error("--float-clip trains clipped ReLUs, which SpikingJelly's rate coding does not convert: add --sj-modes")
     args.plot = ds["plot"] if args.plot is None else args.plot
     args.name = args.name or (ds["stem"] + ("_quick" if args.quick else ""))
     epl = dict(ds["epochs_per_layer"][q])

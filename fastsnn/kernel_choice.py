@@ -23,8 +23,8 @@ once the kernel class has been used for as long as a compile takes.
 dot-product instructions (VNNI) and many times slower on CPUs without them, so it is measured too,
 per conv class (device, kernel, stride, channels, spikes or pooled spikes, rows to the nearest power
 of two). A class runs the float convolution until it has spent ``INTEGER_PROBE_AFTER_S`` on it; then
-both kernels run once on a slice of that call's batch (small enough that even a slow int8 GEMM
-costs little), the int8 outputs are checked against the float ones (equal up to float rounding),
+both kernels run on a slice of that call's batch (a few milliseconds of float work, so that even an
+int8 GEMM 50x slower costs little), the int8 outputs are checked against the float ones (equal up to float rounding),
 and the faster kernel is kept and cached as above. A cached decision applies at once.
 """
 
@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_COMPILE_S = 10.0  # assumed cost of one compile before any has been measured here
 INTEGER_PROBE_AFTER_S = 1.0  # float time a conv class runs before its int8 kernel is measured
-PROBE_SLICE_S = 0.01  # float time of the batch slice the int8 probe runs on
+PROBE_SLICE_S = 0.002  # float time of the batch slice the int8 probe runs on
 
 
 @dataclass
@@ -242,13 +242,13 @@ def _probe_integer(pending: _Pending, float_fn, integer_fn, x: torch.Tensor, flo
     n = max(1, min(x.shape[0], int(x.shape[0] * PROBE_SLICE_S / max(float_s, 1e-9))))
     part = x[:n]
     try:
+        if integer_fn(x[:1]) is None:  # untimed: one-off costs (the weights' integer grid) and availability
+            return None
         got, integer_s = _timed(lambda: integer_fn(part), x.device)
     except RuntimeError as err:  # a shape / layout this device's int8 GEMM does not take
         logger.warning("spike-fed convs %s: the int8 GEMM failed (%s); float convolutions kept", pending.name, err)
         _store(pending.machine, pending.name, dict(choice="float", error=str(err).splitlines()[0]))
         return False
-    if got is None:
-        return None
     want, slice_float_s = _timed(lambda: float_fn(part), x.device)
     if not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max().clamp_min(1))):
         logger.warning("spike-fed convs %s: the int8 outputs differ from the float ones; float kept", pending.name)

@@ -336,6 +336,8 @@ class SpikingModel(nn.Module):
 
     def plan(self, x: torch.Tensor, run: str = "mean") -> tuple[str, int | None]:
         """The mode and the samples per chunk of a call on ``x``."""
+        if self.mode == "streaming":
+            return "streaming", None if self.chunk_size == "auto" else self.chunk_size
         chunk = self.resolve_chunk(x, run)
         mode = self.resolve_mode(x, run, chunk)
         if mode == "streaming" and self.chunk_size == "auto":
