@@ -118,6 +118,13 @@ def build(model: str, width: float, seed: int) -> nn.Module:
     return create_backbone(MODELS[model]["name"], num_classes=10, in_channels=1, width=width)
 
 
+def float_net(model: str, width: float, args) -> nn.Module:
+    """The untrained float ANN: plain ReLUs, or with ``--float-clip`` clipped ReLUs whose clip is
+    learned at full precision (``QuantReLU(bits=None)``, as run.py's bits=32 stage)."""
+    net = build(model, width, args.seed)
+    return fastsnn.quantize_model(net, None, alpha_init=args.alpha_init) if args.float_clip else net
+
+
 def _subset(split: tuple[torch.Tensor, torch.Tensor], n: int | None, seed: int):
     """A fixed random subset of ``n`` samples of ``split`` (all of it when ``n`` is None or larger)."""
     x, y = split
@@ -223,10 +230,7 @@ def smallest_t(curve: dict[int, float], reference: float, tolerance: float = 1.0
 def run_model(model: str, data: dict, args, log) -> dict:
     t0 = time.perf_counter()
     width = args.widths[model] * args.width_scale
-    net = build(model, width, args.seed)
-    if args.float_clip:  # clipped ReLUs whose clip is learned at full precision, as run.py's bits=32 stage
-        net = fastsnn.quantize_model(net, None, alpha_init=args.alpha_init)
-    fp = train(net, data["train"], args.fp_epochs, lr=args.lr, seed=args.seed)
+    fp = train(float_net(model, width, args), data["train"], args.fp_epochs, lr=args.lr, seed=args.seed)
     res = {
         "model": model,
         "width": width,

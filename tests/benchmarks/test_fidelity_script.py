@@ -151,6 +151,19 @@ def test_digits_defaults_are_unchanged():
     assert fidelity.weight_bits_for(2, "same") == 2 and fidelity.weight_bits_for(4, "none") is None
 
 
+def test_float_clip_trains_learned_clips_and_refuses_rate_coding(capsys):
+    from fastsnn.quant import QuantReLU
+
+    args = fidelity.parse_args(["--float-clip", "--sj-modes"])
+    clipped = [m for m in fidelity.float_net("resnet20", 0.25, args).modules() if isinstance(m, QuantReLU)]
+    assert clipped and all(m.bits is None and m.alpha.requires_grad for m in clipped)
+    plain = fidelity.float_net("resnet20", 0.25, fidelity.parse_args(["--sj-modes"]))
+    assert not any(isinstance(m, QuantReLU) for m in plain.modules())
+    with pytest.raises(SystemExit):
+        fidelity.parse_args(["--float-clip"])  # rate coding (on by default) needs plain ReLUs
+    assert "--float-clip" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- Fashion-MNIST on idx fixtures
 
 
