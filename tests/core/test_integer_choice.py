@@ -12,13 +12,7 @@ import fastsnn
 from fastsnn import kernel_choice
 from fastsnn.convert import SpikeConv2d
 
-
-@pytest.fixture(autouse=True)
-def fresh_choice(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTSNN_CACHE_DIR", str(tmp_path))
-    kernel_choice.reset()
-    yield
-    kernel_choice.reset()
+pytestmark = pytest.mark.usefixtures("fresh_kernel_choice")
 
 
 def _qmodel(weight_bits=2):

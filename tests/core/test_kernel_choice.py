@@ -9,13 +9,7 @@ import torch
 from fastsnn import kernel_choice
 from fastsnn.neuron import IFNeuron
 
-
-@pytest.fixture(autouse=True)
-def fresh_choice(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTSNN_CACHE_DIR", str(tmp_path))
-    kernel_choice.reset()
-    yield
-    kernel_choice.reset()
+pytestmark = pytest.mark.usefixtures("fresh_kernel_choice")
 
 
 def _spy_compile(monkeypatch):
