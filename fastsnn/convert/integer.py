@@ -58,6 +58,8 @@ class SpikeConv2d(nn.Conv2d):
     rates), when the weights leave the integer grid (e.g. after fine-tuning changed them;
     checked again whenever the weight tensor is modified), or for unsupported settings; and for
     good, with a warning naming the layer, when the device's int8 GEMM refuses the layer's shapes.
+    Under ``integer_kernels="auto"`` each call runs the kernel measured faster for the layer's
+    class on this machine (:func:`fastsnn.kernel_choice.run_integer`).
     """
 
     def _unit(self) -> float:
