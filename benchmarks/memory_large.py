@@ -122,9 +122,10 @@ def methods(fp, q, T: int, x: torch.Tensor, args, device) -> dict:
     call = lambda m, inp: m(inp)  # noqa: E731
     default = snn()
     auto = snn(mode="auto", chunk_size=None)
-    choice = auto.resolve_mode(torch.empty(x.shape, dtype=x.dtype, device=device))  # the choice on this device
+    on_device = torch.empty(x.shape, dtype=x.dtype, device=device)
+    choice = auto.resolve_mode(on_device)  # the choice on this device
     # the default's mode and chunks as it plans them on this device (the meta run itself takes whole batches)
-    default_mode, default_chunk = default.plan(torch.empty(x.shape, dtype=x.dtype, device=device))
+    default_mode, default_chunk = default.plan(on_device)
     out = {
         "ann_quant": (frozen_ann(q), call, LABELS["ann_quant"]),
         "fastsnn_default": (default, call, LABELS["fastsnn_default"] + f" (mode={default.mode!r})"),

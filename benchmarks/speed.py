@@ -146,7 +146,7 @@ def inference(arch: str, args, device, log) -> tuple[list[dict], list[dict]]:
                 snns["fastsnn_compiled"] = fastsnn.convert_to_snn(q, timesteps=T, compiled=True, **PLAIN)
             if "fastsnn_integer" in args.variants:
                 snns["fastsnn_integer"] = fastsnn.convert_to_snn(
-                    q, timesteps=T, mode="multistep", compiled=True, integer_kernels=True, chunk_size=None
+                    q, timesteps=T, compiled=True, **dict(PLAIN, integer_kernels=True)
                 )
             if "fastsnn_chunked" in args.variants:  # int8 synapses only where the weights are quantized
                 snns["fastsnn_chunked"] = fastsnn.convert_to_snn(
@@ -162,9 +162,7 @@ def inference(arch: str, args, device, log) -> tuple[list[dict], list[dict]]:
             if "fastsnn_eager" in args.variants:
                 snns["fastsnn_eager"] = fastsnn.convert_to_snn(q, timesteps=T, compiled=False, **PLAIN)
             if "fastsnn_streaming" in args.variants:
-                snns["fastsnn_streaming"] = fastsnn.convert_to_snn(
-                    q, timesteps=T, mode="streaming", integer_kernels=False
-                )
+                snns["fastsnn_streaming"] = fastsnn.convert_to_snn(q, timesteps=T, **dict(PLAIN, mode="streaming"))
             fns = dict(anns)
             fns.update({k: (lambda m=m: m(x)) for k, m in snns.items()})
             fns.update({k: (lambda s=s, T=T: s(x, T)) for k, s in sj.items() if k in args.variants})

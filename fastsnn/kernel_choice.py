@@ -103,7 +103,12 @@ def kernel_class(x: torch.Tensor, timesteps: int, signed: bool, constant: bool) 
 
 def _class_key(x: torch.Tensor, timesteps: int, signed: bool, constant: bool) -> tuple:
     step_numel = x.numel() if constant else x.numel() // max(x.shape[0], 1)
-    return x.device, x.dtype, timesteps, signed, constant, 1 << max(step_numel - 1, 0).bit_length()
+    return x.device, x.dtype, timesteps, signed, constant, pow2_ceil(step_numel)
+
+
+def pow2_ceil(n: int) -> int:
+    """The smallest power of two >= ``n`` (1 for n <= 1): the size bucket of a kernel class."""
+    return 1 << max(n - 1, 0).bit_length()
 
 
 def _load() -> dict:

@@ -7,7 +7,7 @@ import pytest
 
 
 def pytest_configure(config):
-    # The automatic kernel choices cache its measurements per user; tests must neither
+    # The automatic kernel choices cache their measurements per user; tests must neither
     # read a cached decision of this machine nor leave one behind.
     os.environ["FASTSNN_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastsnn-test-cache-")
 

@@ -9,6 +9,7 @@ from torch import fx, nn
 from torch.nn import functional as F
 
 from .. import kernel_choice
+from ..kernel_choice import pow2_ceil
 from .runtime import GraphNeuron
 
 logger = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class SpikeConv2d(nn.Conv2d):
     def _class_key(self, x: torch.Tensor) -> tuple:
         rows = x.shape[0] * x.shape[2] * x.shape[3]
         spikes = self._spike_source[1] == 1
-        return (x.device, self.in_channels, self.out_channels, self.kernel_size, self.stride, spikes, _pow2(rows))
+        return (x.device, self.in_channels, self.out_channels, self.kernel_size, self.stride, spikes, pow2_ceil(rows))
 
     def _integer_forward(self, x: torch.Tensor, cache) -> torch.Tensor:
         """The exact int8 x int8 -> int32 GEMM on an im2col of the input (raises if the device refuses it)."""
@@ -164,10 +165,6 @@ def _class_name(key: tuple) -> str:
     device, cin, cout, (kh, kw), (sh, sw), spikes, rows = key
     fed = "spikes" if spikes else "pooled spikes"
     return f"{device.type} conv {kh}x{kw}/{sh}x{sw} {cin}->{cout} on {fed}, rows~{rows}"
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
 
 
 # Narrower convs stay float32: with few input channels the im2col and the int8 conversions cost
