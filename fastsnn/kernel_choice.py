@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import platform
+import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -44,7 +45,9 @@ import torch
 logger = logging.getLogger(__name__)
 
 DEFAULT_COMPILE_S = 10.0  # assumed cost of one compile before any has been measured here
-INTEGER_PROBE_AFTER_S = 1.0  # float time a conv class runs before its int8 kernel is measured
+# float time a conv class runs before its int8 kernel is measured: the probe costs a few milliseconds,
+# and a 1 s wait kept 3x faster int8 kernels out of short evaluations on CPUs with AMX
+INTEGER_PROBE_AFTER_S = 0.1
 PROBE_SLICE_S = 0.002  # float time of the batch slice the int8 probe runs on
 
 
@@ -64,6 +67,7 @@ _unavailable: list[str] = []  # why torch.compile cannot be used here (logged on
 _file: dict[Path, dict] = {}  # the cache file as last read or written by this process
 _int_pending: dict[tuple, _Pending] = {}
 _int_decided: dict[tuple, bool] = {}  # conv class -> use the int8 GEMM
+_lock = threading.Lock()
 
 
 def cache_path() -> Path:
@@ -175,11 +179,14 @@ def run(eager, compiled_factory, args: tuple, x: torch.Tensor, timesteps: int, s
 def _tally(pending: dict, key: tuple, fn, device: torch.device):
     """Run and time ``fn`` for an undecided class; the class's ``_Pending``, removed, once it is due."""
     out, seconds = _timed(fn, device)
-    entry = pending[key]
-    entry.spent += seconds
-    if entry.spent < entry.pays_after:
-        return out, seconds, None
-    del pending[key]
+    with _lock:  # calls from several threads: one of them takes the class's entry
+        entry = pending.get(key)
+        if entry is None:  # another thread is deciding this class
+            return out, seconds, None
+        entry.spent += seconds
+        if entry.spent < entry.pays_after:
+            return out, seconds, None
+        del pending[key]
     return out, seconds, entry
 
 

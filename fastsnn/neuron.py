@@ -26,24 +26,24 @@ from . import kernel_choice
 TOLERANCE = 1e-6
 
 
-def if_step(x_t, v, count, threshold, signed: bool):
+def if_step(x_t, v, count, threshold, signed: bool, out=None):
     """One time step for a whole tensor of neurons; returns ``spikes * threshold``.
 
     ``spikes`` is in {-1, 0, +1}. The membrane ``v`` and, for signed neurons, the running net
     spike ``count`` (any dtype: float, or a small integer type for long-lived state) are
-    updated in place, so that a state kept across steps does not grow.
+    updated in place, so that a state kept across steps does not grow. ``out``: a tensor of
+    ``v``'s shape and dtype to write the result into.
     """
     v.add_(x_t)
-    positive = v >= threshold
-    spikes = positive.to(v.dtype)
+    # comparisons written straight into float tensors, and no boolean masks: each is one pass
+    spikes = torch.ge(v, threshold, out=torch.empty_like(v))
     if signed:
-        negative = v < -TOLERANCE * threshold
-        negative &= count > 0  # (where negative, v < threshold: no positive spike)
-        spikes.masked_fill_(negative, -1.0)
-        count += positive
-        count.sub_(negative.to(count.dtype))
-    spikes.mul_(threshold)  # the output value s * threshold, and the reset
-    v.sub_(spikes)
+        negative = torch.lt(v, -TOLERANCE * threshold, out=torch.empty_like(v))
+        negative.mul_(count.clamp(max=1))  # only where the net count (a whole number >= 0) is positive
+        spikes.sub_(negative)  # (where negative, v < threshold: no positive spike)
+        count.add_(spikes if count.dtype.is_floating_point else spikes.to(count.dtype))
+    spikes = torch.mul(spikes, threshold, out=out) if out is not None else spikes.mul_(threshold)
+    v.sub_(spikes)  # the reset
     return spikes
 
 
@@ -59,8 +59,11 @@ def if_multistep(x: torch.Tensor, threshold: torch.Tensor, signed: bool, timeste
     count = torch.zeros_like(v)
     # written step by step into one [T, ...] buffer (a list + torch.stack would hold it twice)
     out = torch.empty((timesteps, *like.shape), dtype=like.dtype, device=like.device)
+    direct = out.dtype == dtype  # write each step straight into the buffer
     for t in range(timesteps):
-        out[t] = if_step(x if constant else x[t], v, count, theta, signed)
+        step = if_step(x if constant else x[t], v, count, theta, signed, out=out[t] if direct else None)
+        if not direct:
+            out[t] = step
     return out
 
 

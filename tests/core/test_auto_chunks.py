@@ -31,6 +31,35 @@ def test_samples_per_chunk_is_the_nearest_power_of_two_of_the_ratio(per_sample, 
     assert chunking.samples_per_chunk(per_sample, cache) == expected
 
 
+def _fake_caches(monkeypatch, tmp_path, sizes):
+    for i, (level, size) in enumerate(sizes):
+        entry = tmp_path / f"index{i}"
+        entry.mkdir()
+        (entry / "level").write_text(f"{level}\n")
+        (entry / "size").write_text(f"{size}\n")
+    monkeypatch.setattr(chunking, "CACHE_DIR", tmp_path)
+    chunking.last_level_cache.cache_clear()
+
+
+def test_last_level_cache_reads_the_largest_cache(monkeypatch, tmp_path):
+    _fake_caches(monkeypatch, tmp_path, [(1, "48K"), (2, "2048K"), (3, "16M")])
+    try:
+        assert chunking.last_level_cache() == (16 * 2**20, "the 16 MiB L3 cache")
+    finally:
+        chunking.last_level_cache.cache_clear()
+
+
+def test_a_socket_sized_cache_counts_as_max_cache_bytes(monkeypatch, tmp_path):
+    # a VM's guest sees the whole socket's L3; its cores use a slice of it
+    _fake_caches(monkeypatch, tmp_path, [(2, "2048K"), (3, "491520K")])
+    try:
+        nbytes, what = chunking.last_level_cache()
+    finally:
+        chunking.last_level_cache.cache_clear()
+    assert nbytes == chunking.MAX_CACHE_BYTES
+    assert "480 MiB L3" in what and "counted as 32 MiB" in what
+
+
 def test_auto_chunks_follow_the_estimate_and_give_the_whole_batch_outputs(monkeypatch, caplog):
     q, x = _qmodel(), torch.randn(7, 1, 32, 32)
     snn = fastsnn.convert_to_snn(q, timesteps=3, mode="multistep")

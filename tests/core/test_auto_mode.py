@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 from hydra.utils import instantiate
+from torch import nn
 
 import fastsnn
 from benchmarks.bench_utils import peak_memory_bytes
@@ -87,6 +88,28 @@ def test_a_failed_estimate_keeps_multistep_and_warns(monkeypatch, caplog):
     assert len(warning) == 1 and "estimate failed (RuntimeError: no meta kernel)" in warning[0].getMessage()
 
 
+def _conv_scratch_bytes(snn, x) -> int:
+    """What the largest conv call of ``snn(x)`` allocates beyond its output: the convolution
+    library's scratch buffer (oneDNN takes 3.5 MiB per call on some CPUs), which the meta-device
+    estimate cannot see."""
+    calls = []
+    hooks = [
+        m.register_forward_hook(lambda m, inp, out: calls.append((m, inp[0].clone())))
+        for m in snn.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
+    with torch.no_grad():
+        snn(x)
+    for h in hooks:
+        h.remove()
+    scratch = 0
+    with torch.no_grad():
+        for conv, inp in calls:
+            out_bytes = conv(inp).numel() * 4
+            scratch = max(scratch, peak_memory_bytes(lambda c=conv, i=inp: c(i), torch.device("cpu")) - out_bytes)
+    return scratch
+
+
 def test_the_estimate_is_close_to_the_measured_cpu_peak():
     q = _qmodel("resnet20", bits=3, width=0.5, in_channels=3)
     x = torch.randn(8, 3, 32, 32)
@@ -95,7 +118,8 @@ def test_the_estimate_is_close_to_the_measured_cpu_peak():
         estimate = snn.estimate_multistep_bytes(x)
         with torch.no_grad():
             measured = peak_memory_bytes(lambda snn=snn: snn(x), torch.device("cpu"))
-        assert 0.75 * measured <= estimate <= 1.25 * measured, (T, estimate, measured)
+        scratch = _conv_scratch_bytes(snn, x)
+        assert 0.75 * (measured - scratch) <= estimate <= 1.25 * measured, (T, estimate, measured, scratch)
     assert snn.estimate_multistep_bytes(x, "steps") >= snn.estimate_multistep_bytes(x)  # output region T-fold
 
 

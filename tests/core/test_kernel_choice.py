@@ -111,3 +111,25 @@ def test_real_compile_gives_identical_outputs(monkeypatch):
 def test_bad_setting_is_refused():
     with pytest.raises(ValueError, match="compiled must be"):
         IFNeuron(1.0, compiled="yes")
+
+
+def test_a_class_due_in_two_threads_is_decided_by_one(monkeypatch):
+    # calls from several threads share the tallies: the class's entry goes to one of them, and
+    # the others just return their output (this raised KeyError before the tallies had a lock)
+    import threading
+
+    pending = {"k": kernel_choice._Pending("k", "m", pays_after=0.0)}
+    barrier, due = threading.Barrier(4), []
+
+    def work():
+        barrier.wait()
+        out, _, entry = kernel_choice._tally(pending, "k", lambda: torch.ones(1), torch.device("cpu"))
+        assert torch.equal(out, torch.ones(1))
+        due.append(entry)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(due) == 4 and sum(e is not None for e in due) == 1 and pending == {}
