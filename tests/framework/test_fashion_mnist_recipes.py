@@ -43,7 +43,7 @@ def test_recipe_composes_and_instantiates_as_the_benchmark_row(tmp_path, experim
     opt = exp.module.configure_optimizers()["optimizer"]
     assert opt.defaults["lr"] == 0.02 and opt.defaults["weight_decay"] == 5e-4
     ft = instantiate(cfg.finetune)
-    assert ft.epochs_per_layer == 1 and ft.limit_batches * cfg.data.batch_size == 512
+    assert ft.epochs_per_layer == 1 and ft.limit_batches * cfg.data.batch_size == 5056 and ft.lr == 1e-2
 
 
 @pytest.mark.parametrize("experiment", sorted(RECIPES))
