@@ -123,7 +123,10 @@ def _one_step_multistep(x: torch.Tensor, threshold: torch.Tensor, signed: bool, 
     v = torch.full_like(like, 0.5, dtype=dtype) * theta
     count = torch.zeros_like(v)
     out = torch.empty((timesteps, *like.shape), dtype=like.dtype, device=like.device)
-    out[0] = if_step(like, v, count, theta, signed)
+    if out.dtype == dtype:  # as if_multistep: the step written straight into the buffer
+        if_step(like, v, count, theta, signed, out=out[0])
+    else:
+        out[0] = if_step(like, v, count, theta, signed)
     return out
 
 
