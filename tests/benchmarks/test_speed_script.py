@@ -32,6 +32,7 @@ TINY = [
     "--max-wait",
     "0",
     "--variants",
+    "fastsnn_default",
     "fastsnn_eager",
     "fastsnn_streaming",
     "sj_single_step",
@@ -64,7 +65,7 @@ def test_writes_json_and_markdown_with_every_section(run):
 def test_every_method_is_measured_at_every_timestep(run):
     rows = run[1]["inference"]
     peers = {"sj_single_step", "sj_multi_step", "stbif_single_step", "stbif_multi_step"}
-    methods = {"fastsnn_eager", "fastsnn_streaming"} | (peers if HAVE_SJ else set())
+    methods = {"fastsnn_default", "fastsnn_eager", "fastsnn_streaming"} | (peers if HAVE_SJ else set())
     for arch in ("vgg11", "resnet20"):
         for T in (3, 7):
             assert {r["method"] for r in rows if r["arch"] == arch and r["T"] == T} == methods
@@ -123,6 +124,7 @@ def test_targets_name_each_requirement(run):
     names = " ".join(t["target"] for t in targets)
     assert "1.1 x T x quantized ANN" in names and "streaming peak memory" in names and "training step" in names
     assert "training step <= 1.3 x float ANN (fused QuantReLU)" in names
+    assert "T=3: SNN time <= 1.1 x T x quantized ANN (fastsnn_default)" in names  # the default is judged
     assert ("SpikingJelly" in names) == HAVE_SJ
     for t in targets:
         assert t["met"] == (t["value"] >= t["limit"] if "throughput" in t["target"] else t["value"] <= t["limit"])
