@@ -25,7 +25,6 @@ and which kind they are. Optionally also after layer-wise fine-tuning (``--finet
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -41,27 +40,20 @@ from benchmarks import bench_utils as bu
 from benchmarks import fidelity
 from benchmarks.digits_models import accuracy, loader, train
 from fastsnn.convert import GraphNeuron, trace
+from fastsnn.finetune import run_until
 
 
 def _neuron_layers(snn) -> list[tuple[str, GraphNeuron]]:
     """The spike-fed neuron layers (the first one, fed the static image, is exact)."""
-    return [(n, m) for n, m in snn.net.named_modules() if isinstance(m, GraphNeuron) and not m.constant_input]
+    return [(name, m) for name, m in snn.neurons() if not m.constant_input]
 
 
 @torch.no_grad()
 def _ann_activations(qmodel, x: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:
-    """The quantized ANN's value at each of the trace nodes ``names``."""
-    gm, values = trace(qmodel), {}
-
-    class Capture(torch.fx.Interpreter):
-        def run_node(self, n):
-            out = super().run_node(n)
-            if n.name in names:
-                values[n.name] = out
-            return out
-
-    Capture(gm).run(x)
-    return values
+    """The quantized ANN's value at each of the trace nodes ``names`` (run up to the last of them)."""
+    gm = trace(qmodel)
+    last = [n.name for n in gm.graph.nodes if n.name in names][-1]
+    return run_until(gm, x, last, names)
 
 
 @torch.no_grad()
@@ -121,13 +113,7 @@ def run(args, log) -> dict:
     ft_split = fidelity._subset(data["train"], args.ft_images, args.seed)
     qmodel = fp
     for bits in sorted(args.bits, reverse=True):  # progressive, as fidelity.py
-        qmodel = fastsnn.quantize_model(
-            copy.deepcopy(qmodel),
-            bits,
-            weight_bits=fidelity.weight_bits_for(bits, args.weight_bits),
-            alpha_init=args.alpha_init,
-        )
-        qmodel = train(qmodel, data["train"], args.q_epochs, lr=args.q_lr, seed=args.seed + bits)
+        qmodel = fidelity.next_bit_width(qmodel, bits, data, args)
         T = 2**bits - 1
         snn = _snn(qmodel, T)
         row = {"bits": bits, "T": T, "quant_ann": accuracy(qmodel, data["test"]), "snn": accuracy(snn, data["test"])}
@@ -205,12 +191,13 @@ def parse_args(argv=None):
     args = p.parse_args(raw)
     # the rest of the training settings: fidelity.py's Fashion-MNIST defaults
     base = fidelity.parse_args(["--data", "fashion_mnist", "--sj-modes", *(["--quick"] if args.quick else [])])
-    for key in ("widths", "weight_bits", "fp_epochs", "q_epochs", "lr", "q_lr", "alpha_init", "float_clip", "seed"):
-        setattr(args, key, getattr(base, key))
-    for key in ("width_scale", "subset", "train_images", "val_images", "test_images", "subset_seed"):
+    for key in (
+        *("widths", "weight_bits", "fp_epochs", "q_epochs", "lr", "q_lr", "alpha_init", "float_clip", "seed"),
+        *("width_scale", "subset", "train_images", "val_images", "test_images", "subset_seed", "val_size"),
+    ):
         setattr(args, key, getattr(base, key))
     args.ft_images = args.ft_images or base.ft_images
-    args.data, args.val_size, args.argv = "fashion_mnist", base.val_size, raw
+    args.data, args.argv = "fashion_mnist", raw
     args.name = args.name or f"conversion_error_{args.model}" + ("_quick" if args.quick else "")
     return args
 

@@ -222,6 +222,15 @@ def weight_bits_for(bits: int, setting: str) -> int | None:
     return max(bits, 2) if setting == "same" else None
 
 
+def next_bit_width(model: nn.Module, bits: int, data: dict, args) -> nn.Module:
+    """One step of the progressive training: a copy of ``model`` quantized to ``bits`` (weights as
+    ``--weight-bits``), trained ``--q-epochs`` at ``--q-lr``."""
+    q = fastsnn.quantize_model(
+        copy.deepcopy(model), bits, weight_bits=weight_bits_for(bits, args.weight_bits), alpha_init=args.alpha_init
+    )
+    return train(q, data["train"], args.q_epochs, lr=args.q_lr, seed=args.seed + bits)
+
+
 def smallest_t(curve: dict[int, float], reference: float, tolerance: float = 1.0) -> int | None:
     """The smallest T whose accuracy is within ``tolerance`` points of ``reference`` (None: never)."""
     return next((t for t in sorted(curve) if curve[t] >= reference - tolerance), None)
@@ -259,10 +268,7 @@ def run_model(model: str, data: dict, args, log) -> dict:
     qmodel = fp
     for bits in sorted(args.bits, reverse=True):  # progressive: 4 -> 3 -> 2 bits
         t0 = time.perf_counter()
-        qmodel = fastsnn.quantize_model(
-            copy.deepcopy(qmodel), bits, weight_bits=weight_bits_for(bits, args.weight_bits), alpha_init=args.alpha_init
-        )
-        qmodel = train(qmodel, data["train"], args.q_epochs, lr=args.q_lr, seed=args.seed + bits)
+        qmodel = next_bit_width(qmodel, bits, data, args)
         T = 2**bits - 1
         row = {
             "bits": bits,
