@@ -59,12 +59,19 @@ def if_multistep(x: torch.Tensor, threshold: torch.Tensor, signed: bool, timeste
     count = torch.zeros_like(v)
     # written step by step into one [T, ...] buffer (a list + torch.stack would hold it twice)
     out = torch.empty((timesteps, *like.shape), dtype=like.dtype, device=like.device)
-    direct = out.dtype == dtype  # write each step straight into the buffer
     for t in range(timesteps):
-        step = if_step(x if constant else x[t], v, count, theta, signed, out=out[t] if direct else None)
-        if not direct:
-            out[t] = step
+        step_into(out[t], x if constant else x[t], v, count, theta, signed)
     return out
+
+
+def step_into(buf: torch.Tensor, x_t, v, count, threshold, signed: bool) -> None:
+    """:func:`if_step` with its result written into ``buf`` (one step of an output buffer):
+    straight, when ``buf`` has the membrane's dtype, else as a copy (the reset must subtract the
+    membrane-precision threshold, not ``buf``'s rounded one)."""
+    if buf.dtype == v.dtype:
+        if_step(x_t, v, count, threshold, signed, out=buf)
+    else:
+        buf.copy_(if_step(x_t, v, count, threshold, signed))
 
 
 def count_dtype(horizon: int | None) -> torch.dtype:

@@ -115,7 +115,7 @@ def _one_step_multistep(x: torch.Tensor, threshold: torch.Tensor, signed: bool, 
     the state (membrane, count), the ``[T, ...]`` output buffer and one step's temporaries are
     the whole peak. Keep in step with ``if_multistep``.
     """
-    from ..neuron import if_step
+    from ..neuron import step_into
 
     like = x if constant else x[0]
     dtype = torch.promote_types(like.dtype, torch.float32)
@@ -123,10 +123,7 @@ def _one_step_multistep(x: torch.Tensor, threshold: torch.Tensor, signed: bool, 
     v = torch.full_like(like, 0.5, dtype=dtype) * theta
     count = torch.zeros_like(v)
     out = torch.empty((timesteps, *like.shape), dtype=like.dtype, device=like.device)
-    if out.dtype == dtype:  # as if_multistep: the step written straight into the buffer
-        if_step(like, v, count, theta, signed, out=out[0])
-    else:
-        out[0] = if_step(like, v, count, theta, signed)
+    step_into(out[0], like, v, count, theta, signed)
     return out
 
 
