@@ -26,23 +26,26 @@ from . import kernel_choice
 TOLERANCE = 1e-6
 
 
-def if_step(x_t, v, count, threshold, signed: bool, out=None):
+def if_step(x_t, v, count, threshold, signed: bool, out=None, scratch=None):
     """One time step for a whole tensor of neurons; returns ``spikes * threshold``.
 
     ``spikes`` is in {-1, 0, +1}. The membrane ``v`` and, for signed neurons, the running net
     spike ``count`` (any dtype: float, or a small integer type for long-lived state) are
     updated in place, so that a state kept across steps does not grow. ``out``: a tensor of
-    ``v``'s shape and dtype to write the result into.
+    ``v``'s shape and dtype to write the result into; ``scratch``: a tensor of ``count``'s
+    shape and dtype that a signed step may overwrite (a multi-step loop passes the same one
+    every step, instead of allocating a temporary per step).
     """
     v.add_(x_t)
-    # comparisons written straight into float tensors, and no boolean masks: each is one pass
-    spikes = torch.ge(v, threshold, out=torch.empty_like(v))
+    # comparisons written straight into the output and the count's dtype, no boolean masks: each is one pass
+    spikes = torch.ge(v, threshold, out=torch.empty_like(v) if out is None else out)
     if signed:
-        negative = torch.lt(v, -TOLERANCE * threshold, out=torch.empty_like(v))
-        negative.mul_(count.clamp(max=1))  # only where the net count (a whole number >= 0) is positive
+        negative = torch.lt(v, -TOLERANCE * threshold, out=torch.empty_like(count) if scratch is None else scratch)
+        # only where the net count (a whole number >= 0) is positive: min(negative, count)
+        torch.minimum(negative, count, out=negative)
         spikes.sub_(negative)  # (where negative, v < threshold: no positive spike)
         count.add_(spikes if count.dtype.is_floating_point else spikes.to(count.dtype))
-    spikes = torch.mul(spikes, threshold, out=out) if out is not None else spikes.mul_(threshold)
+    spikes.mul_(threshold)
     v.sub_(spikes)  # the reset
     return spikes
 
@@ -52,26 +55,36 @@ def if_multistep(x: torch.Tensor, threshold: torch.Tensor, signed: bool, timeste
 
     Returns ``spikes * threshold`` as ``[T, ...]``. Membranes accumulate in at least float32.
     """
-    like = x if constant else x[0]
-    dtype = torch.promote_types(like.dtype, torch.float32)
-    theta = threshold.to(dtype)
-    v = torch.full_like(like, 0.5, dtype=dtype) * theta
-    count = torch.zeros_like(v)
-    # written step by step into one [T, ...] buffer (a list + torch.stack would hold it twice)
-    out = torch.empty((timesteps, *like.shape), dtype=like.dtype, device=like.device)
+    theta, v, count, out, scratch = multistep_buffers(x if constant else x[0], threshold, signed, timesteps)
     for t in range(timesteps):
-        step_into(out[t], x if constant else x[t], v, count, theta, signed)
+        step_into(out[t], x if constant else x[t], v, count, theta, signed, scratch)
     return out
 
 
-def step_into(buf: torch.Tensor, x_t, v, count, threshold, signed: bool) -> None:
+def multistep_buffers(like: torch.Tensor, threshold: torch.Tensor, signed: bool, timesteps: int):
+    """``(threshold, v, count, out, scratch)`` of a T-step loop over steps shaped like ``like``.
+
+    All are contiguous, whatever ``like``'s memory format (an int8 conv's output is channels-last),
+    so that only reading each step's input mixes layouts; ``out`` is written step by step (a list
+    + torch.stack would hold it twice).
+    """
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    theta = threshold.to(dtype)
+    v = torch.full(like.shape, 0.5, dtype=dtype, device=like.device) * theta
+    count = torch.zeros_like(v)
+    out = torch.empty((timesteps, *like.shape), dtype=like.dtype, device=like.device)
+    scratch = torch.empty_like(count) if signed else None
+    return theta, v, count, out, scratch
+
+
+def step_into(buf: torch.Tensor, x_t, v, count, threshold, signed: bool, scratch=None) -> None:
     """:func:`if_step` with its result written into ``buf`` (one step of an output buffer):
     straight, when ``buf`` has the membrane's dtype, else as a copy (the reset must subtract the
     membrane-precision threshold, not ``buf``'s rounded one)."""
     if buf.dtype == v.dtype:
-        if_step(x_t, v, count, threshold, signed, out=buf)
+        if_step(x_t, v, count, threshold, signed, out=buf, scratch=scratch)
     else:
-        buf.copy_(if_step(x_t, v, count, threshold, signed))
+        buf.copy_(if_step(x_t, v, count, threshold, signed, scratch=scratch))
 
 
 def count_dtype(horizon: int | None) -> torch.dtype:

@@ -112,18 +112,14 @@ def _one_step_multistep(x: torch.Tensor, threshold: torch.Tensor, signed: bool, 
     """The allocations of :func:`fastsnn.neuron.if_multistep` at its peak, with one step instead of T.
 
     Every step of the loop allocates the same temporaries and frees them before the next, so
-    the state (membrane, count), the ``[T, ...]`` output buffer and one step's temporaries are
-    the whole peak. Keep in step with ``if_multistep``.
+    the buffers (:func:`~fastsnn.neuron.multistep_buffers`) and one step's temporaries are the
+    whole peak. Keep in step with ``if_multistep``.
     """
-    from ..neuron import step_into
+    from ..neuron import multistep_buffers, step_into
 
     like = x if constant else x[0]
-    dtype = torch.promote_types(like.dtype, torch.float32)
-    theta = threshold.to(dtype)
-    v = torch.full_like(like, 0.5, dtype=dtype) * theta
-    count = torch.zeros_like(v)
-    out = torch.empty((timesteps, *like.shape), dtype=like.dtype, device=like.device)
-    step_into(out[0], like, v, count, theta, signed)
+    theta, v, count, out, scratch = multistep_buffers(like, threshold, signed, timesteps)
+    step_into(out[0], like, v, count, theta, signed, scratch)
     return out
 
 

@@ -71,3 +71,21 @@ def test_streaming_steps_equal_multistep():
 def test_threshold_must_be_positive():
     with pytest.raises(ValueError, match="positive threshold"):
         IFNeuron(0.0)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_any_memory_format_gives_the_same_contiguous_spikes(signed):
+    # an int8 conv hands the neuron channels-last tensors; its state and output stay contiguous
+    torch.manual_seed(2)
+    T, x = 4, torch.randn(4 * 3, 8, 5, 6) * 1.5
+    neuron = IFNeuron(0.6, signed=signed)
+    plain = neuron(x.reshape(T, 3, 8, 5, 6))
+    last = x.contiguous(memory_format=torch.channels_last).reshape(T, 3, 8, 5, 6)
+    assert not last[0].is_contiguous()
+    out = neuron(last)
+    assert out.is_contiguous() and torch.equal(out, plain)
+    const = neuron.forward_constant(last[0], T)
+    assert const.is_contiguous() and torch.equal(const, neuron.forward_constant(x[:3].contiguous(), T))
+    # streaming (int8 count, one step at a time) agrees as well
+    neuron.reset()
+    assert torch.equal(torch.stack([neuron.step(last[t], horizon=T) for t in range(T)]), plain)
