@@ -27,7 +27,8 @@ class SNNConversion(Callback):
       ``"auto"``: streaming only where multistep would exceed ``memory_budget``), ``compiled``
       (fuse the neuron loops with torch.compile), ``integer_kernels`` (exact int8 GEMMs for the
       convs fed by spikes; both measured per machine under ``"auto"``) and ``chunk_size``
-      (simulate each batch this many samples at a time: less memory, same outputs).
+      (simulate each batch this many samples at a time: less memory, same outputs);
+      ``channels_last`` (default True) runs the SNN's convs and neurons on channels-last tensors.
     * In every SNN test pass (``module.eval_label != "ann"``) it converts if no SNN is there
       yet, and logs spike statistics on the first ``stats_batches`` test batches:
       ``<label>/spike_rate``, ``pos_rate``, ``neg_rate``, ``sops``, ``energy_ratio`` and the
@@ -45,6 +46,7 @@ class SNNConversion(Callback):
         chunk_size: int | str | None = "auto",
         integer_kernels: bool | str = "auto",
         memory_budget: float | None = None,
+        channels_last: bool = True,
     ):
         self.timesteps = timesteps
         self.chunk_size = chunk_size
@@ -52,6 +54,7 @@ class SNNConversion(Callback):
         self.compiled = compiled
         self.integer_kernels = integer_kernels
         self.memory_budget = memory_budget
+        self.channels_last = channels_last
         self.convert_on_fit_end = convert_on_fit_end
         self.signed = signed
         self.stats_batches = stats_batches
@@ -68,6 +71,7 @@ class SNNConversion(Callback):
             integer_kernels=self.integer_kernels,
             chunk_size=self.chunk_size,
             memory_budget=self.memory_budget,
+            channels_last=self.channels_last,
         )
         module.set_snn(snn.to(module.device))
         return snn

@@ -64,17 +64,31 @@ def if_multistep(x: torch.Tensor, threshold: torch.Tensor, signed: bool, timeste
 def multistep_buffers(like: torch.Tensor, threshold: torch.Tensor, signed: bool, timesteps: int):
     """``(threshold, v, count, out, scratch)`` of a T-step loop over steps shaped like ``like``.
 
-    All are contiguous, whatever ``like``'s memory format (an int8 conv's output is channels-last),
-    so that only reading each step's input mixes layouts; ``out`` is written step by step (a list
-    + torch.stack would hold it twice).
+    All are in ``like``'s memory layout (channels-last for a converted network's 4-d tensors,
+    contiguous otherwise), and every step ``out[t]`` is too: mixing layouts in one op costs more
+    than the op. ``out`` is written step by step (a list + torch.stack would hold it twice).
     """
     dtype = torch.promote_types(like.dtype, torch.float32)
+    layout = torch.channels_last if is_channels_last(like) else torch.contiguous_format
     theta = threshold.to(dtype)
-    v = torch.full(like.shape, 0.5, dtype=dtype, device=like.device) * theta
+    v = torch.empty(like.shape, dtype=dtype, device=like.device, memory_format=layout).fill_(0.5).mul_(theta)
     count = torch.zeros_like(v)
-    out = torch.empty((timesteps, *like.shape), dtype=like.dtype, device=like.device)
+    out = _steps_like(like, timesteps)
     scratch = torch.empty_like(count) if signed else None
     return theta, v, count, out, scratch
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """A 4-d tensor stored channels-last (and not also contiguous, as tensors with C = 1 are)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _steps_like(like: torch.Tensor, timesteps: int) -> torch.Tensor:
+    """An uninitialised ``[T, *like.shape]`` tensor whose steps are stored like ``like``."""
+    if is_channels_last(like):
+        n, c, h, w = like.shape
+        return torch.empty((timesteps, n, h, w, c), dtype=like.dtype, device=like.device).permute(0, 1, 4, 2, 3)
+    return torch.empty((timesteps, *like.shape), dtype=like.dtype, device=like.device)
 
 
 def step_into(buf: torch.Tensor, x_t, v, count, threshold, signed: bool, scratch=None) -> None:

@@ -100,6 +100,20 @@ def fold_batch_norms(gm: fx.GraphModule) -> None:
     gm.delete_all_unused_submodules()
 
 
+def channels_last(gm: fx.GraphModule) -> None:
+    """Store ``gm``'s 4-d weights channels-last, so that its convs take and give channels-last tensors
+    (faster on CPUs, most of all on narrow layers), and make its ``view`` calls ``reshape``: a view
+    that merges the channel dimension with the spatial ones (``x.view(n, -1)``) fails on such
+    tensors, while a reshape gives the same values (a converted graph never writes through a view).
+    """
+    gm.to(memory_format=torch.channels_last)
+    for node in gm.graph.nodes:
+        if node.op == "call_method" and node.target == "view":
+            node.target = "reshape"
+        elif node.op == "call_function" and node.target is torch.Tensor.view:
+            node.target = torch.Tensor.reshape
+
+
 def frozen_ann(qmodel: nn.Module) -> fx.GraphModule:
     """A traced copy of ``qmodel`` in eval mode, quantized weights frozen, eval batch norm folded."""
     model = copy.deepcopy(qmodel).eval()

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from fastsnn import IFNeuron
+from fastsnn.neuron import is_channels_last
 
 
 def _counts(out, theta):
@@ -74,18 +75,19 @@ def test_threshold_must_be_positive():
 
 
 @pytest.mark.parametrize("signed", [True, False])
-def test_any_memory_format_gives_the_same_contiguous_spikes(signed):
-    # an int8 conv hands the neuron channels-last tensors; its state and output stay contiguous
+def test_spikes_keep_the_input_layout_and_values(signed):
+    # a converted network runs channels-last; the state and output follow the input's layout
     torch.manual_seed(2)
     T, x = 4, torch.randn(4 * 3, 8, 5, 6) * 1.5
     neuron = IFNeuron(0.6, signed=signed)
     plain = neuron(x.reshape(T, 3, 8, 5, 6))
+    assert plain.is_contiguous()
     last = x.contiguous(memory_format=torch.channels_last).reshape(T, 3, 8, 5, 6)
-    assert not last[0].is_contiguous()
+    assert is_channels_last(last[0])
     out = neuron(last)
-    assert out.is_contiguous() and torch.equal(out, plain)
+    assert all(is_channels_last(out[t]) for t in range(T)) and torch.equal(out, plain)
     const = neuron.forward_constant(last[0], T)
-    assert const.is_contiguous() and torch.equal(const, neuron.forward_constant(x[:3].contiguous(), T))
+    assert is_channels_last(const[0]) and torch.equal(const, neuron.forward_constant(x[:3].contiguous(), T))
     # streaming (int8 count, one step at a time) agrees as well
     neuron.reset()
     assert torch.equal(torch.stack([neuron.step(last[t], horizon=T) for t in range(T)]), plain)
