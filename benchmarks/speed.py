@@ -62,6 +62,7 @@ SNN_VARIANTS = (
     "fastsnn_chunked",
     "fastsnn_eager",
     "fastsnn_streaming",
+    "fastsnn_contiguous",
 )
 SJ_VARIANTS = ("sj_single_step", "sj_multi_step")
 # the explicit variants pin the other options: multi-step, float32 synapses, whole batches
@@ -77,6 +78,7 @@ LABELS = {
     "fastsnn_chunked": "Fast-SNN multi-step, fused neurons + int8 synapses, batch in chunks (chunk_size)",
     "fastsnn_eager": "Fast-SNN multi-step, eager neurons, float synapses, whole batches",
     "fastsnn_streaming": "Fast-SNN streaming (mode='streaming')",
+    "fastsnn_contiguous": "Fast-SNN default with channels_last=False (contiguous tensors, the layout before)",
     "sj_single_step": "SpikingJelly single-step loop",
     "sj_multi_step": "SpikingJelly multi-step",
     "stbif_single_step": "SpikingJelly STBIFNode on our quantized ANN, single-step loop",
@@ -159,6 +161,8 @@ def inference(arch: str, args, device, log) -> tuple[list[dict], list[dict]]:
                 )
             if "fastsnn_default" in args.variants:
                 snns["fastsnn_default"] = fastsnn.convert_to_snn(q, timesteps=T)
+            if "fastsnn_contiguous" in args.variants:
+                snns["fastsnn_contiguous"] = fastsnn.convert_to_snn(q, timesteps=T, channels_last=False)
             if "fastsnn_eager" in args.variants:
                 snns["fastsnn_eager"] = fastsnn.convert_to_snn(q, timesteps=T, compiled=False, **PLAIN)
             if "fastsnn_streaming" in args.variants:

@@ -35,6 +35,7 @@ TINY = [
     "fastsnn_default",
     "fastsnn_eager",
     "fastsnn_streaming",
+    "fastsnn_contiguous",
     "sj_single_step",
     "sj_multi_step",
     "stbif_single_step",
@@ -65,7 +66,9 @@ def test_writes_json_and_markdown_with_every_section(run):
 def test_every_method_is_measured_at_every_timestep(run):
     rows = run[1]["inference"]
     peers = {"sj_single_step", "sj_multi_step", "stbif_single_step", "stbif_multi_step"}
-    methods = {"fastsnn_default", "fastsnn_eager", "fastsnn_streaming"} | (peers if HAVE_SJ else set())
+    methods = {"fastsnn_default", "fastsnn_eager", "fastsnn_streaming", "fastsnn_contiguous"} | (
+        peers if HAVE_SJ else set()
+    )
     for arch in ("vgg11", "resnet20"):
         for T in (3, 7):
             assert {r["method"] for r in rows if r["arch"] == arch and r["T"] == T} == methods
