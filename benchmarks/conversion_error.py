@@ -183,6 +183,12 @@ def parse_args(argv=None):
     p.add_argument("--ft-epochs", type=int, default=1)
     p.add_argument("--ft-lr", type=float, default=1e-3)
     p.add_argument("--ft-images", type=int, default=None, help="fine-tuning images (default fidelity.py's 512)")
+    p.add_argument(
+        "--train-images",
+        type=int,
+        default=None,
+        help="training images of the ANNs, also the fine-tuning pool (default fidelity.py's 5000; 0: all 55,000)",
+    )
     p.add_argument("--no-validate", dest="validate", action="store_false")
     p.add_argument("--data-root", type=Path, default=None)
     p.add_argument("--out-dir", type=Path, default=bu.REPO_ROOT / "benchmarks" / "results")
@@ -190,7 +196,10 @@ def parse_args(argv=None):
     raw = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(raw)
     # the rest of the training settings: fidelity.py's Fashion-MNIST defaults
-    base = fidelity.parse_args(["--data", "fashion_mnist", "--sj-modes", *(["--quick"] if args.quick else [])])
+    base_argv = ["--data", "fashion_mnist", "--sj-modes", *(["--quick"] if args.quick else [])]
+    if args.train_images is not None:
+        base_argv += ["--train-images", str(args.train_images)]
+    base = fidelity.parse_args(base_argv)
     for key in (
         *("widths", "weight_bits", "fp_epochs", "q_epochs", "lr", "q_lr", "alpha_init", "float_clip", "seed"),
         *("width_scale", "subset", "train_images", "val_images", "test_images", "subset_seed", "val_size"),

@@ -3,7 +3,7 @@
 import torch
 
 import fastsnn
-from benchmarks.conversion_error import layer_errors
+from benchmarks.conversion_error import layer_errors, parse_args
 from fastsnn.backbones import create_backbone
 
 
@@ -37,3 +37,9 @@ def test_leaves_the_simulation_settings_alone():
     snn.mode, snn.chunk_size = "streaming", 4
     layer_errors(q, snn, torch.randn(4, 1, 32, 32))
     assert (snn.mode, snn.chunk_size) == ("streaming", 4)
+
+
+def test_train_images_reach_the_training_settings():
+    assert parse_args([]).train_images == 5000  # fidelity.py's Fashion-MNIST default
+    assert parse_args(["--train-images", "0"]).train_images is None  # all of them
+    assert parse_args(["--train-images", "20000"]).train_images == 20000
