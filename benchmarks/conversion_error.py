@@ -189,6 +189,7 @@ def parse_args(argv=None):
         default=None,
         help="training images of the ANNs, also the fine-tuning pool (default fidelity.py's 5000; 0: all 55,000)",
     )
+    p.add_argument("--width-scale", type=float, default=None, help="scale fidelity.py's widths (default 1)")
     p.add_argument("--no-validate", dest="validate", action="store_false")
     p.add_argument("--data-root", type=Path, default=None)
     p.add_argument("--out-dir", type=Path, default=bu.REPO_ROOT / "benchmarks" / "results")
@@ -197,8 +198,9 @@ def parse_args(argv=None):
     args = p.parse_args(raw)
     # the rest of the training settings: fidelity.py's Fashion-MNIST defaults
     base_argv = ["--data", "fashion_mnist", "--sj-modes", *(["--quick"] if args.quick else [])]
-    if args.train_images is not None:
-        base_argv += ["--train-images", str(args.train_images)]
+    for flag, value in (("--train-images", args.train_images), ("--width-scale", args.width_scale)):
+        if value is not None:
+            base_argv += [flag, str(value)]
     base = fidelity.parse_args(base_argv)
     for key in (
         *("widths", "weight_bits", "fp_epochs", "q_epochs", "lr", "q_lr", "alpha_init", "float_clip", "seed"),

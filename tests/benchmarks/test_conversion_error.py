@@ -39,7 +39,8 @@ def test_leaves_the_simulation_settings_alone():
     assert (snn.mode, snn.chunk_size) == ("streaming", 4)
 
 
-def test_train_images_reach_the_training_settings():
+def test_train_images_and_width_reach_the_training_settings():
     assert parse_args([]).train_images == 5000  # fidelity.py's Fashion-MNIST default
     assert parse_args(["--train-images", "0"]).train_images is None  # all of them
     assert parse_args(["--train-images", "20000"]).train_images == 20000
+    assert parse_args([]).width_scale == 1.0 and parse_args(["--width-scale", "2"]).width_scale == 2.0
