@@ -182,7 +182,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--ft-epochs", type=int, default=1)
     p.add_argument("--ft-lr", type=float, default=1e-3)
-    p.add_argument("--ft-images", type=int, default=None, help="fine-tuning images (default fidelity.py's 512)")
+    p.add_argument("--ft-images", type=int, default=None, help="fine-tuning images (default fidelity.py's 512; 0: all)")
     p.add_argument(
         "--train-images",
         type=int,
@@ -207,7 +207,7 @@ def parse_args(argv=None):
         *("width_scale", "subset", "train_images", "val_images", "test_images", "subset_seed", "val_size"),
     ):
         setattr(args, key, getattr(base, key))
-    args.ft_images = args.ft_images or base.ft_images
+    args.ft_images = base.ft_images if args.ft_images is None else (args.ft_images or None)  # None: all
     args.data, args.argv = "fashion_mnist", raw
     args.name = args.name or f"conversion_error_{args.model}" + ("_quick" if args.quick else "")
     return args

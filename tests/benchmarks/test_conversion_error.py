@@ -44,3 +44,4 @@ def test_train_images_and_width_reach_the_training_settings():
     assert parse_args(["--train-images", "0"]).train_images is None  # all of them
     assert parse_args(["--train-images", "20000"]).train_images == 20000
     assert parse_args([]).width_scale == 1.0 and parse_args(["--width-scale", "2"]).width_scale == 2.0
+    assert parse_args([]).ft_images == 512 and parse_args(["--ft-images", "0"]).ft_images is None  # all
