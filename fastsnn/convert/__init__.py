@@ -37,8 +37,14 @@ from ..quant import activation_bits
 from ..quantize import _ACTIVATION_MODULES
 from .integer import MIN_INTEGER_CHANNELS, SpikeConv2d, _use_integer_kernels, integer_grid
 from .maxpool import move_stem_max_pools
-from .passes import channels_last as store_channels_last
-from .passes import fold_batch_norms, freeze_quantized_weights, frozen_ann, static_linear_modules, trace
+from .passes import (
+    fold_batch_norms,
+    freeze_quantized_weights,
+    frozen_ann,
+    static_linear_modules,
+    store_channels_last,
+    trace,
+)
 from .rebuild import SpikingGraphBuilder
 from .regions import Regions, check, classify
 from .rules import ConversionError, register_linear_function, register_linear_module

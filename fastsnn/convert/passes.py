@@ -100,7 +100,7 @@ def fold_batch_norms(gm: fx.GraphModule) -> None:
     gm.delete_all_unused_submodules()
 
 
-def channels_last(gm: fx.GraphModule) -> None:
+def store_channels_last(gm: fx.GraphModule) -> None:
     """Store ``gm``'s 4-d weights channels-last, so that its convs take and give channels-last tensors
     (faster on CPUs, most of all on narrow layers), and make its ``view`` calls ``reshape``: a view
     that merges the channel dimension with the spatial ones (``x.view(n, -1)``) fails on such
