@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     bits = (args.timesteps + 1).bit_length() - 1
     net = create_backbone(args.arch, num_classes=10, width=args.width)
-    q = fastsnn.quantize_model(net, bits, weight_bits=bits).eval()
+    q = fastsnn.quantize_model(net, bits, weight_bits=bits, alpha_init=8.0).eval()  # clips as in its results
     snn = fastsnn.convert_to_snn(q, timesteps=args.timesteps, compiled=SETTINGS[args.setting])
     x = torch.randn(args.batch, 3, args.image_size, args.image_size)
     start, marks = time.perf_counter(), []

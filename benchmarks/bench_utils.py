@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from fastsnn.finetune_stage import resolve_device  # noqa: F401  ("auto": the GPU if any), used by the scripts
-from fastsnn.kernel_choice import cpu_name
+from fastsnn.planner.machine import cpu_name
+from tasks.finetune_stage import resolve_device  # noqa: F401  ("auto": the GPU if any), used by the scripts
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -377,7 +377,7 @@ class STBIFSNN:
 
         from spikingjelly.activation_based import functional, neuron
 
-        from fastsnn.quant import QuantReLU
+        from fastsnn.quantizers import QuantReLU
 
         self.functional = functional
         self.device = torch.device(device)

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import fastsnn
-from fastsnn.backbones.registry import conv_bn_relu
+from fastsnn.backbones.layers import conv_bn_relu
 from fastsnn.backbones.resnet import BasicBlock
 
 # --------------------------------------------------------------------------- data

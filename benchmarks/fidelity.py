@@ -727,7 +727,7 @@ def parse_args(argv=None):
         "--float-clip",
         action="store_true",
         help="train the float ANN with clipped ReLUs whose clip is learned (QuantReLU(bits=None), as "
-        "run.py bits=32 and METHOD.md's progressive training), so the quantized ANNs start from learned clips "
+        "run.py bits=32 and docs/method.md's progressive training), so the quantized ANNs start from learned clips "
         "(default: plain ReLUs, clips start at --alpha-init; SpikingJelly's rate coding needs plain ReLUs)",
     )
     p.add_argument(
@@ -736,7 +736,7 @@ def parse_args(argv=None):
         default=None,
         metavar="[MODEL=]N",
         help="fine-tuning epochs per layer, one number or per model (digits: vgg11=1 resnet20=4: "
-        "METHOD.md gives 1 by default and up to 8 for deep nets; ResNet-20 has 19 neuron layers; "
+        "docs/method.md gives 1 by default and up to 8 for deep nets; ResNet-20 has 19 neuron layers; "
         "Fashion-MNIST: 1)",
     )
     p.add_argument(
@@ -798,7 +798,7 @@ def parse_args(argv=None):
         default=None,
         help="training images for the layer-wise fine-tuning (digits: all; Fashion-MNIST 512)",
     )
-    p.add_argument("--ft-lr", type=float, default=1e-3, help="fine-tuning learning rate (METHOD.md: 1e-3)")
+    p.add_argument("--ft-lr", type=float, default=1e-3, help="fine-tuning learning rate (docs/method.md: 1e-3)")
     p.add_argument("--subset-seed", type=int, default=0, help="Fashion-MNIST: seed of the fixed subsets")
     p.add_argument(
         "--val-size",

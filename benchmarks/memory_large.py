@@ -19,7 +19,7 @@ quantized ANN, multi-step and single-step (``bench_utils.STBIFSNN``).
 How memory is measured. At these sizes several methods need tens of GiB (more than this shared
 machine may use) and a single CPU pass takes minutes, so every method is run on the **meta
 device** (shapes only, nothing computed or allocated) under
-``fastsnn.convert.memory.AllocationTracker``, which counts the bytes of every tensor storage the
+``fastsnn.planner.estimate.AllocationTracker``, which counts the bytes of every tensor storage the
 run creates until its last tensor is collected: the high-water mark of tensor memory a real run
 allocates (allocator caches and library scratch buffers excluded, as ``bench_utils.peak_memory_bytes``
 excludes them on the CPU). The validation (skipped with ``--no-validate``) checks that count against real CPU runs
@@ -52,7 +52,7 @@ from torch import nn
 import fastsnn
 from benchmarks import bench_utils as bu
 from fastsnn.convert import frozen_ann
-from fastsnn.convert.memory import AllocationTracker, meta_copy
+from fastsnn.planner.estimate import AllocationTracker, meta_copy
 from fastsnn.neuron import IFNeuron
 
 LABELS = {
@@ -123,9 +123,9 @@ def methods(fp, q, T: int, x: torch.Tensor, args, device) -> dict:
     default = snn()
     auto = snn(mode="auto", chunk_size=None)
     on_device = torch.empty(x.shape, dtype=x.dtype, device=device)
-    choice = auto.resolve_mode(on_device)  # the choice on this device
+    choice = auto.planner.mode(on_device)  # the choice on this device
     # the default's mode and chunks as it plans them on this device (the meta run itself takes whole batches)
-    default_mode, default_chunk = default.plan(on_device)
+    default_mode, default_chunk = default.planner.plan(on_device)
     out = {
         "ann_quant": (frozen_ann(q), call, LABELS["ann_quant"]),
         "fastsnn_default": (default, call, LABELS["fastsnn_default"] + f" (mode={default.mode!r})"),
@@ -375,7 +375,7 @@ def markdown(result: dict) -> str:
     lines = [
         f"### Peak memory at detection and segmentation sizes ({result['device_label']})",
         "",
-        "Peak tensor memory of one batch, counted on the meta device (`fastsnn.convert.memory.AllocationTracker`: "
+        "Peak tensor memory of one batch, counted on the meta device (`fastsnn.planner.estimate.AllocationTracker`: "
         "every storage an operation creates, until its last tensor is collected; no run needs the memory, so "
         "methods that would not fit this machine are counted too). Random weights, float weights with "
         "3-bit (T = 7) / 4-bit (T = 15) activations. The validation table below compares the count with real "

@@ -120,7 +120,9 @@ def quantize_and_convert(name: str, args) -> tuple[str, nn.Module | None, list[s
     for status, max_pool in attempts:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            qmodel = fastsnn.quantize_model(build(name, args.num_classes, args.seed), args.bits, max_pool=max_pool)
+            net = build(name, args.num_classes, args.seed)
+            # clips start at 8.0 (quantize_model's default before it became 2.0), as in results/model_zoo.md
+            qmodel = fastsnn.quantize_model(net, args.bits, alpha_init=8.0, max_pool=max_pool)
         left_alone = sorted(
             {
                 a.strip()

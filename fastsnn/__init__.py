@@ -4,11 +4,12 @@ The method as plain PyTorch: quantize a model, train it, convert it to a signed-
 fine-tune it layer by layer, count its spikes. No Lightning or Hydra needed here.
 """
 
+from .config import SimulationConfig
 from .convert import ConversionError, SpikingModel, convert_to_snn, register_linear_function, register_linear_module
 from .finetune import LayerReport, layerwise_finetune
 from .neuron import IFNeuron
-from .quant import QuantConv2d, QuantLinear, QuantReLU
 from .quantize import quantize_model
+from .quantizers import QuantConv2d, QuantLinear, QuantReLU
 from .stats import spike_stats
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "QuantConv2d",
     "QuantLinear",
     "QuantReLU",
+    "SimulationConfig",
     "SpikingModel",
     "convert_to_snn",
     "layerwise_finetune",

@@ -1,7 +1,7 @@
 """The conversion callback: the Lightning glue that swaps a task's activations for IF neurons.
 
 It works with any LightningModule that follows :class:`fastsnn.protocol.SpikingTask`. The
-fine-tuning that follows conversion is a stage of its own (:mod:`fastsnn.finetune_stage`).
+fine-tuning that follows conversion is a stage of its own (:mod:`tasks.finetune_stage`).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from lightning.pytorch import Callback
 
+from .config import SimulationConfig
 from .convert import SpikingModel, convert_to_snn
 from .protocol import SpikingTask
 from .stats import spike_stats
@@ -17,18 +18,13 @@ from .stats import spike_stats
 class SNNConversion(Callback):
     """Swaps the quantized activations for (signed) IF neurons and measures the SNN.
 
-    * ``convert(module)`` converts ``module.net`` and attaches the SNN (``module.snn``). The
-      pipeline calls it after loading the best checkpoint of training, or a given checkpoint.
+    * ``convert(module)`` converts ``module.net`` with the settings ``simulation`` (a
+      :class:`~fastsnn.config.SimulationConfig`: T, signed neurons, simulation mode, kernels,
+      chunks, memory budget, layout) and attaches the SNN (``module.snn``). The pipeline calls it
+      after loading the best checkpoint of training, or a given checkpoint.
     * with ``convert_on_fit_end=True``, ``on_fit_end`` converts the final weights, so a plain
       ``Trainer`` with this callback ends with an SNN too (the pipeline converts the best
       checkpoint instead, and a full-precision stage has nothing to convert).
-    * the simulation options are those of :func:`fastsnn.convert_to_snn`, each ``"auto"`` by
-      default: ``mode`` (``"multistep"``, fast, or ``"streaming"``, memory independent of T;
-      ``"auto"``: streaming only where multistep would exceed ``memory_budget``), ``compiled``
-      (fuse the neuron loops with torch.compile), ``integer_kernels`` (exact int8 GEMMs for the
-      convs fed by spikes; both measured per machine under ``"auto"``) and ``chunk_size``
-      (simulate each batch this many samples at a time: less memory, same outputs);
-      ``channels_last`` (default True) runs the SNN's convs and neurons on channels-last tensors.
     * In every SNN test pass (``module.eval_label != "ann"``) it converts if no SNN is there
       yet, and logs spike statistics on the first ``stats_batches`` test batches:
       ``<label>/spike_rate``, ``pos_rate``, ``neg_rate``, ``sops``, ``energy_ratio`` and the
@@ -37,42 +33,18 @@ class SNNConversion(Callback):
 
     def __init__(
         self,
-        timesteps: int | None = None,
-        signed: bool = True,
+        simulation: SimulationConfig | None = None,
         stats_batches: int = 4,
-        mode: str = "auto",
-        compiled: bool | str = "auto",
         convert_on_fit_end: bool = False,
-        chunk_size: int | str | None = "auto",
-        integer_kernels: bool | str = "auto",
-        memory_budget: float | None = None,
-        channels_last: bool = True,
     ):
-        self.timesteps = timesteps
-        self.chunk_size = chunk_size
-        self.mode = mode
-        self.compiled = compiled
-        self.integer_kernels = integer_kernels
-        self.memory_budget = memory_budget
-        self.channels_last = channels_last
-        self.convert_on_fit_end = convert_on_fit_end
-        self.signed = signed
+        self.simulation = simulation or SimulationConfig()
         self.stats_batches = stats_batches
+        self.convert_on_fit_end = convert_on_fit_end
         self._inputs: list[torch.Tensor] = []
         self.last_stats: dict | None = None
 
     def convert(self, module: SpikingTask) -> SpikingModel:
-        snn = convert_to_snn(
-            module.net,
-            self.timesteps,
-            self.signed,
-            mode=self.mode,
-            compiled=self.compiled,
-            integer_kernels=self.integer_kernels,
-            chunk_size=self.chunk_size,
-            memory_budget=self.memory_budget,
-            channels_last=self.channels_last,
-        )
+        snn = convert_to_snn(module.net, self.simulation)
         module.set_snn(snn.to(module.device))
         return snn
 

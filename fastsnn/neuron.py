@@ -19,7 +19,7 @@ import types
 import torch
 from torch import nn
 
-from . import kernel_choice
+from .planner import kernels
 
 # A membrane counts as negative below -TOLERANCE * threshold, so that float round-off
 # of an exactly-zero membrane does not trigger a negative spike.
@@ -58,6 +58,19 @@ def if_multistep(x: torch.Tensor, threshold: torch.Tensor, signed: bool, timeste
     theta, v, count, out, scratch = multistep_buffers(x if constant else x[0], threshold, signed, timesteps)
     for t in range(timesteps):
         step_into(out[t], x if constant else x[t], v, count, theta, signed, scratch)
+    return out
+
+
+def if_multistep_peak(x: torch.Tensor, threshold: torch.Tensor, signed: bool, timesteps: int, constant: bool):
+    """The allocations of :func:`if_multistep` at its peak, computing one step instead of T (for
+    memory estimates on the meta device).
+
+    Every step of the loop allocates the same temporaries and frees them before the next, so the
+    buffers (:func:`multistep_buffers`) and one step's temporaries are the whole peak.
+    """
+    like = x if constant else x[0]
+    theta, v, count, out, scratch = multistep_buffers(like, threshold, signed, timesteps)
+    step_into(out[0], like, v, count, theta, signed, scratch)
     return out
 
 
@@ -145,7 +158,7 @@ class IFNeuron(nn.Module):
     ``compiled=True`` runs the T-step loop as one ``torch.compile``-d kernel (often faster; the
     first call per T compiles for seconds). ``compiled="auto"`` (the converter's default)
     compiles a kernel only once its eager runs have taken as long as a compile, and keeps it only
-    where it measured faster on this machine (:mod:`fastsnn.kernel_choice`). The outputs are the
+    where it measured faster on this machine (:mod:`fastsnn.planner.kernels`). The outputs are the
     same either way.
     """
 
@@ -159,6 +172,7 @@ class IFNeuron(nn.Module):
             raise ValueError(f"compiled must be True, False or 'auto', got {compiled!r}")
         self.signed = signed
         self.compiled = compiled
+        self.estimating = False  # for_estimates(): allocate as the T-step loop at its peak, compute one step
         self.v: torch.Tensor | None = None
         self.count: torch.Tensor | None = None
 
@@ -173,10 +187,16 @@ class IFNeuron(nn.Module):
 
     def _run(self, x: torch.Tensor, timesteps: int, constant: bool) -> torch.Tensor:
         args = (x, self.threshold, self.signed, timesteps, constant)
+        if self.estimating:
+            return if_multistep_peak(*args)
         if self.compiled == "auto":
             fused = lambda: _multistep_fn(True, timesteps, self.signed, constant)  # noqa: E731
-            return kernel_choice.run(if_multistep, fused, args, x, timesteps, self.signed, constant)
+            return kernels.run(if_multistep, fused, args, x, timesteps, self.signed, constant)
         return _multistep_fn(self.compiled, timesteps, self.signed, constant)(*args)
+
+    def for_estimates(self) -> None:
+        """In a meta-device copy for memory estimates: :func:`if_multistep_peak` instead of the loop."""
+        self.estimating = True
 
     def reset(self) -> None:
         self.v = None

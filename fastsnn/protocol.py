@@ -1,4 +1,4 @@
-"""What the Lightning glue (:mod:`fastsnn.callbacks`, :mod:`fastsnn.finetune_stage`) needs from a task.
+"""What the Lightning glue (:mod:`fastsnn.callbacks`, :mod:`tasks.finetune_stage`) needs from a task.
 
 Any ``LightningModule`` with these members works with the conversion callback and the
 fine-tuning stage; ``tasks.base.SNNTaskModule`` is the one this project's tasks share.

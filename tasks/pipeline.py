@@ -22,13 +22,12 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from fastsnn import quantize_model
 from fastsnn.callbacks import SNNConversion
 from tasks.base import SNNTaskModule
 from tasks.checkpoints import checkpoint_bits, load_weights
 from tasks.loggers import close_loggers, make_loggers
 from tasks.results import check_optimized_metric, print_results, record_snn, write_results
-from tasks.settings import RunSettings, SettingsError, resolve
+from tasks.settings import FULL_PRECISION, RunSettings, SettingsError, resolve
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ class Experiment:
     module: SNNTaskModule
     trainer: L.Trainer
     loggers: list
-    conversion: SNNConversion
+    conversion: SNNConversion | None  # None when the run does not convert
     out_dir: Path
 
     @property
@@ -52,33 +51,24 @@ class Experiment:
         return self.module.net
 
 
-def quantize_net(net: nn.Module, bits: int | None, quant: DictConfig) -> nn.Module:
-    """``fastsnn.quantize_model`` with a model config's ``quant`` settings; returns the model to use."""
+def full_precision_weights(quant: DictConfig, bits: int | None) -> dict:
+    """Overrides of ``cfg.quant`` for a stage at ``bits``: at full precision (``bits`` None) an integer
+    ``weight_bits`` is ignored, with a warning, so that the float stage keeps float weights."""
     weight_bits = quant.get("weight_bits")
-    if weight_bits == "same":  # weights need a sign and at least one magnitude bit
-        weight_bits = None if bits is None else max(bits, 2)
-    elif bits is None and weight_bits is not None:
-        log.warning(
-            "model.quant.weight_bits=%s is ignored at bits=32: the full-precision stage keeps float weights "
-            "(they are quantized from the next stage on, with init_from=...)",
-            weight_bits,
-        )
-        weight_bits = None
-    return quantize_model(
-        net,
-        bits,
-        weight_bits=weight_bits,
-        weight_quant=quant.get("weight_quant", "apot"),
-        first_last_bits=quant.get("first_last_bits", 8),
-        alpha_init=quant.get("alpha_init", 8.0),
-        fused=quant.get("fused", False),
-        max_pool=quant.get("max_pool"),
+    if bits is not None or weight_bits in (None, "same"):
+        return {}
+    log.warning(
+        "quant.weight_bits=%s is ignored at bits=32: the full-precision stage keeps float weights "
+        "(they are quantized from the next stage on, with init_from=...)",
+        weight_bits,
     )
+    return {"weight_bits": None}
 
 
 def build(cfg: DictConfig) -> Experiment:
     """Data, quantized network, task module, trainer, loggers and conversion callback of a run."""
     settings = resolve(cfg.bits, cfg.timesteps, cfg.stages, checkpoint_bits(cfg.get("ckpt_path")))
+    _fill_in(cfg, settings)
     if "train" not in settings.stages and not cfg.get("ckpt_path"):
         raise SettingsError(
             "without the train stage there is nothing to convert: give ckpt_path=<checkpoint "
@@ -90,13 +80,14 @@ def build(cfg: DictConfig) -> Experiment:
 
     datamodule = instantiate(cfg.data)
     net = instantiate(cfg.model.net, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
-    net = quantize_net(net, settings.bits, cfg.model.quant)
+    quantize = instantiate(cfg.quant, **full_precision_weights(cfg.quant, settings.bits))  # quantize_model, partial
+    net = quantize(net, bits=settings.bits)
     module: SNNTaskModule = instantiate(cfg.task.module, net=net, num_classes=datamodule.num_classes)
     module.run_meta = {**run_names(cfg), "bits": settings.bits}
 
     loggers = make_loggers(cfg)
     callbacks = _callbacks(cfg)
-    conversion = _conversion_callback(callbacks, settings, bool(cfg.signed))
+    conversion = _conversion_callback(callbacks, settings)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return Experiment(cfg, settings, datamodule, module, trainer, loggers, conversion, out_dir)
 
@@ -170,22 +161,20 @@ def evaluate_ann(exp: Experiment, results: dict) -> None:
 def convert(exp: Experiment, results: dict) -> None:
     with _timed(results, "convert_and_test_snn"):
         exp.conversion.convert(exp.module)
-        record_snn(results, "snn", evaluate(exp, "snn"), exp.module.metric, exp.module.snn.timesteps)
+        record_snn(results, "snn", evaluate(exp, "snn"), exp.module.metric, exp.settings.timesteps)
 
 
 def finetune(exp: Experiment, results: dict) -> None:
     """Layer-wise fine-tuning of the SNN, its checkpoint, then its test pass."""
     with _timed(results, "finetune"):
         stage = instantiate(exp.cfg.finetune)
-        if stage.checkpoint_dir is None:
-            stage.checkpoint_dir = exp.out_dir / "checkpoints" / "finetune"
         reports = stage.run(exp.module, exp.datamodule, exp.loggers)
         results["finetune_layers"] = [vars(r) for r in reports]
         if exp.trainer.is_global_zero:
             results["snn_checkpoint"] = str(_save_snn(exp.module, exp.out_dir / "checkpoints" / "snn_finetuned.pt"))
     with _timed(results, "test_snn_finetuned"):
         metrics = evaluate(exp, "snn_finetuned")
-        record_snn(results, "snn_finetuned", metrics, exp.module.metric, exp.module.snn.timesteps)
+        record_snn(results, "snn_finetuned", metrics, exp.module.metric, exp.settings.timesteps)
 
 
 def evaluate(exp: Experiment, label: str) -> dict:
@@ -218,21 +207,23 @@ def _callbacks(cfg: DictConfig) -> list:
     return callbacks
 
 
-def _conversion_callback(callbacks: list, settings: RunSettings, signed: bool) -> SNNConversion:
-    """The configured conversion callback, set to the run's T and neuron; one is added if none is."""
+def _fill_in(cfg: DictConfig, settings: RunSettings) -> None:
+    """Write the resolved bit width and T into the config, once, before anything reads them: the
+    groups that interpolate them (``snn``), the loggers and the run's name all see the same values."""
+    with open_dict(cfg):
+        cfg.bits = FULL_PRECISION if settings.bits is None else settings.bits
+        cfg.timesteps = settings.timesteps
+
+
+def _conversion_callback(callbacks: list, settings: RunSettings) -> SNNConversion | None:
+    """The configured conversion callback; a run that converts stops at once without one."""
     conversion = next((c for c in callbacks if isinstance(c, SNNConversion)), None)
-    if conversion is None:
-        conversion = SNNConversion()
-        callbacks.append(conversion)
-        if "convert" in settings.stages:
-            log.warning(
-                "callbacks.snn_conversion is null: converting with SNNConversion's default settings "
-                "(mode=%s, compiled=%s, chunk_size=%s); set callbacks.snn_conversion.<option> to choose them",
-                conversion.mode,
-                conversion.compiled,
-                conversion.chunk_size,
-            )
-    conversion.timesteps, conversion.signed = settings.timesteps, signed
+    if conversion is None and "convert" in settings.stages:
+        raise SettingsError(
+            "the convert stage needs the conversion callback, but callbacks.snn_conversion is null: "
+            "remove that override (the simulation options are the snn group's: snn.mode=..., snn.chunk_size=...), "
+            "or run stages=[train]"
+        )
     return conversion
 
 

@@ -13,17 +13,17 @@ def pytest_configure(config):
     # Many tests compare two simulations' outputs exactly. An int8 probe falls due after a
     # timing-dependent amount of float work and would switch a conv's kernel (the same values up
     # to float rounding) between them; the tests of the probe set the threshold themselves.
-    from fastsnn import kernel_choice
+    from fastsnn.planner import kernels
 
-    kernel_choice.INTEGER_PROBE_AFTER_S = float("inf")
+    kernels.INTEGER_PROBE_AFTER_S = float("inf")
 
 
 @pytest.fixture
 def fresh_kernel_choice(tmp_path, monkeypatch):
     """An empty kernel-choice cache and no decisions in this process, before and after the test."""
-    from fastsnn import kernel_choice
+    from fastsnn.planner import kernels
 
     monkeypatch.setenv("FASTSNN_CACHE_DIR", str(tmp_path))
-    kernel_choice.reset()
+    kernels.reset()
     yield
-    kernel_choice.reset()
+    kernels.reset()

@@ -5,9 +5,12 @@ fx-traceable forwards. Importing this package registers every backbone:
 
 >>> from fastsnn.backbones import create_backbone, list_backbones
 >>> net = create_backbone("resnet20", num_classes=10)
+
+New backbones and task heads build their layers with :mod:`fastsnn.backbones.layers`
+and register their factories with :func:`register_backbone` (:mod:`.registry`).
 """
 
-# Imported for their @register_backbone side effects.
+# Imported for their @register_backbone side effects (each imports the registry itself).
 from . import alexnet, darknet, resnet, vgg  # noqa: F401
 from .registry import create_backbone, list_backbones, register_backbone
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .registry import conv_stack, init_weights, mlp_classifier, register_backbone, scale_channels
+from .layers import conv_stack, init_weights, mlp_classifier, scale_channels
+from .registry import register_backbone
 
 __all__ = ["AlexNet", "alexnet"]
 

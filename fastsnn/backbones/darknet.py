@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .registry import conv_stack, init_weights, register_backbone
+from .layers import conv_stack, init_weights
+from .registry import register_backbone
 
 __all__ = ["DarknetTiny", "darknet_tiny"]
 

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from .registry import conv_bn_relu, init_weights, register_backbone, scale_channels
+from .layers import conv_bn_relu, init_weights, scale_channels
+from .registry import register_backbone
 
 __all__ = [
     "BasicBlock",

@@ -4,7 +4,7 @@
 >>> net = torchvision_backbone("resnet18", num_classes=10, in_channels=1)
 
 The model is built by ``torchvision.models.get_model(name, weights=None, ...)`` and made
-convertible by :func:`fastsnn.quantize.prepare_model`: ReLUs written as functions become modules,
+convertible by :func:`fastsnn.prepare.prepare_model`: ReLUs written as functions become modules,
 every call site of a shared activation module gets its own (one clip per site), and max pools
 between spiking layers are replaced (``max_pool``). ``quantize_model`` then quantizes the result
 in place. Families with other activations (SiLU, Hardswish, GELU, sigmoid gates) or attention
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torchvision
 from torch import nn
 
-from ..quantize import prepare_model
+from ..prepare import prepare_model
 
 # builders whose defaults would add auxiliary heads, warn about initialisation, or shift the
 # input for ImageNet weights; for training from scratch inside this project:
@@ -48,7 +48,7 @@ def torchvision_backbone(
         in_channels: the input's channels; when not 3, the first convolution is rebuilt for it.
         max_pool: ``"avg"`` (default) replaces the max pools between spiking layers by average
             pooling of the same window, ``"conv"`` by a strided depthwise convolution
-            (:class:`fastsnn.quantize.PoolConv2d`), ``None`` keeps them (the converter refuses
+            (:class:`fastsnn.prepare.PoolConv2d`), ``None`` keeps them (the converter refuses
             them). A max pool right after the first activation (a ResNet stem) stays in every
             case: the converter computes it exactly on the analog input.
         small_input: for 32 px images (CIFAR, digits): the first convolution becomes 3x3 with

@@ -19,18 +19,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from .registry import (
-    LayerSpec,
-    conv_stack,
-    init_weights,
-    mlp_classifier,
-    register_backbone,
-    scale_channels,
-)
+from .layers import LayerSpec, conv_stack, init_weights, mlp_classifier, scale_channels
+from .registry import register_backbone
 
 __all__ = ["VGG", "VGGFeatures", "vgg11", "vgg16", "vgg9_dilated"]
 
-# See registry.conv_stack: int = conv3x3, "A" = AvgPool2d(2), (c, stride, dilation).
+# See layers.conv_stack: int = conv3x3, "A" = AvgPool2d(2), (c, stride, dilation).
 _CFGS: dict[str, list[LayerSpec]] = {
     "vgg11": [64, "A", 128, "A", 256, 256, "A", 512, 512, "A", 512, 512, "A"],
     "vgg16": [64, 64, "A", 128, 128, "A", 256, 256, 256, "A", 512, 512, 512, "A", 512, 512, 512, "A"],

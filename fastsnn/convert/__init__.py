@@ -24,7 +24,7 @@ The result, :class:`SpikingModel`, is a plain ``nn.Module``; the ANN is left unt
 :func:`convert_to_snn` runs four steps: trace a frozen copy of the ANN (``passes``), classify
 its nodes into these regions (``regions``), check what runs on spikes (``rules``), rebuild the
 graph with neurons and time adapters (``rebuild``); the result runs on the modules of
-``runtime``, with the optional int8 synapses of ``integer``.
+``modules``, with the optional int8 synapses of ``integer``, driven by ``runtime``.
 """
 
 from __future__ import annotations
@@ -33,10 +33,12 @@ import copy
 
 from torch import fx, nn
 
-from ..quant import activation_bits
-from ..quantize import _ACTIVATION_MODULES
-from .integer import MIN_INTEGER_CHANNELS, SpikeConv2d, _use_integer_kernels, integer_grid
+from ..config import SimulationConfig
+from ..prepare import ACTIVATION_MODULES
+from ..quantizers import activation_bits
+from .integer import MIN_INTEGER_CHANNELS, SpikeConv2d, integer_grid, use_integer_kernels
 from .maxpool import move_stem_max_pools
+from .modules import GraphNeuron, RunState, StaticExpand, TimeCollapse, TimeContext
 from .passes import (
     fold_batch_norms,
     freeze_quantized_weights,
@@ -48,16 +50,7 @@ from .passes import (
 from .rebuild import SpikingGraphBuilder
 from .regions import Regions, check, classify
 from .rules import ConversionError, register_linear_function, register_linear_module
-from .runtime import (
-    GraphNeuron,
-    RunState,
-    SpikingLayer,
-    SpikingModel,
-    StaticExpand,
-    TimeCollapse,
-    TimeContext,
-    after_neurons,
-)
+from .runtime import SpikingLayer, SpikingModel, after_neurons
 
 __all__ = [
     "MIN_INTEGER_CHANNELS",
@@ -86,7 +79,7 @@ __all__ = [
 def _default_timesteps(qmodel: nn.Module) -> int:
     bits = activation_bits(qmodel)
     if not bits:
-        others = sorted({type(m).__name__ for m in qmodel.modules() if isinstance(m, _ACTIVATION_MODULES)})
+        others = sorted({type(m).__name__ for m in qmodel.modules() if isinstance(m, ACTIVATION_MODULES)})
         raise ConversionError(
             "the model has no QuantReLU: quantize it first with fastsnn.quantize_model(model, bits)"
             + (
@@ -108,46 +101,17 @@ def _default_timesteps(qmodel: nn.Module) -> int:
     return 2 ** bits.pop() - 1
 
 
-def convert_to_snn(
-    qmodel: nn.Module,
-    timesteps: int | None = None,
-    signed: bool = True,
-    mode: str = "auto",
-    compiled: bool | str = "auto",
-    integer_kernels: bool | str = "auto",
-    chunk_size: int | str | None = "auto",
-    memory_budget: float | None = None,
-    channels_last: bool = True,
-) -> SpikingModel:
+def convert_to_snn(qmodel: nn.Module, config: SimulationConfig | None = None, **options) -> SpikingModel:
     """Convert a quantized ANN (see :func:`fastsnn.quantize_model`) into a :class:`SpikingModel`.
 
-    Every ``QuantReLU`` call becomes an IF neuron with ``threshold = alpha`` (membrane starts
-    at threshold/2, reset by subtraction); ``signed=False`` gives the unsigned baseline.
-    ``timesteps`` defaults to ``2**bits - 1``, where the SNN reproduces the quantized ANN's
-    first layer exactly. Quantized weights are frozen at their quantized values and eval
-    batch norm is folded into the layer before it. ``qmodel`` itself is not modified.
-    ``mode`` is the simulation mode, ``"multistep"``, ``"streaming"`` or ``"auto"`` (see
-    :class:`SpikingModel`; it can be changed later with ``snn.mode = ...``): the default
-    ``"auto"`` chooses per input shape, streaming when a multi-step pass would need more than
-    ``memory_budget`` (bytes, or a fraction of the device's available memory; default: half of
-    it) at its peak, estimated on the meta device; each choice is logged once. ``compiled=True``
-    fuses each neuron layer's T-step loop into one ``torch.compile``-d kernel, ``False`` keeps
-    the eager loop, and the default ``"auto"`` compiles a kernel once its eager runs have cost
-    as much as a compile, and only where the fused kernel measured faster on this machine
-    (decision cached; see :mod:`fastsnn.kernel_choice`). ``integer_kernels=True`` runs every conv fed by spikes
-    with at least ``MIN_INTEGER_CHANNELS`` inputs whose weights are on an integer grid (weights
-    quantized with ``weight_bits``, batch norm folded in) as an exact int8 x int8 -> int32 GEMM
-    (:class:`SpikeConv2d`): much faster on CPUs with int8 dot-product instructions, much slower
-    on CPUs without them; same outputs up to float rounding. The default ``"auto"`` measures both
-    kernels per conv class once a class has run for a second, keeps the faster (cached per
-    machine) and uses it for every spike-fed conv with integer-grid weights; ``False`` keeps
-    float32 convolutions everywhere. ``chunk_size`` simulates large batches a chunk of samples
-    at a time; the default ``"auto"`` derives the chunk on CPUs from the layer sizes and the
-    CPU's cache, ``None`` takes whole batches (see :class:`SpikingModel`). ``channels_last``
-    (default) stores the 4-d weights channels-last, so that every conv and neuron layer runs on
-    channels-last tensors (faster on CPUs, most of all on narrow convs); this changes the float
-    summation order of float convs, so a spike can differ from ``channels_last=False`` where a
-    membrane lies within float rounding of a threshold (exact-grid networks agree bit for bit).
+    ``config`` (a :class:`~fastsnn.SimulationConfig`) says how it is simulated; keyword
+    ``options`` are a shorthand for its fields, applied on top of it (``convert_to_snn(q,
+    timesteps=7, mode="streaming")``). Every ``QuantReLU`` call becomes an IF neuron with
+    ``threshold = alpha`` (membrane starts at threshold/2, reset by subtraction);
+    ``signed=False`` gives the unsigned baseline. ``timesteps`` defaults to ``2**bits - 1``,
+    where the SNN reproduces the quantized ANN's first layer exactly. Quantized weights are
+    frozen at their quantized values and eval batch norm is folded into the layer before it.
+    ``qmodel`` itself is not modified.
 
     A max pool right after a QuantReLU whose input is analog (conv -> bn -> relu -> maxpool
     stems) is moved in front of it, where it is exact (:mod:`fastsnn.convert.maxpool`).
@@ -155,24 +119,23 @@ def convert_to_snn(
     is not linear per time step (max pooling elsewhere, sigmoid, GELU, ...): the message says
     why and what to do (e.g. ``quantize_model(..., max_pool="avg")`` for max pooling).
     """
-    T = _default_timesteps(qmodel) if timesteps is None else int(timesteps)
-    if T < 1:
-        raise ValueError(f"timesteps must be >= 1, got {timesteps}")
-    if integer_kernels not in (True, False, "auto"):
-        raise ValueError(f"integer_kernels must be True, False or 'auto', got {integer_kernels!r}")
+    config = (config or SimulationConfig()).replace(**options)
+    if config.timesteps is None:
+        config = config.replace(timesteps=_default_timesteps(qmodel))
     src = _traced_copy(qmodel)
     regions = classify(src)
     check(src, regions)
-    ctx = TimeContext(T)
-    net, layers = SpikingGraphBuilder(src, regions, ctx, signed, compiled).build(f"Spiking{type(qmodel).__name__}")
+    ctx = TimeContext(config.timesteps)
+    builder = SpikingGraphBuilder(src, regions, ctx, config.signed, config.compiled)
+    net, layers = builder.build(f"Spiking{type(qmodel).__name__}")
     fold_batch_norms(net)
-    if integer_kernels:
-        _use_integer_kernels(net, auto=integer_kernels == "auto")
-    if channels_last:
+    if config.integer_kernels:
+        use_integer_kernels(net, "auto" if config.integer_kernels == "auto" else "integer")
+    if config.channels_last:
         store_channels_last(net)
     net.recompile()
     static = static_linear_modules(net, after_neurons(net))
-    return SpikingModel(net, ctx, signed, layers, static, mode, chunk_size, memory_budget)
+    return SpikingModel(net, ctx, layers, static, config)
 
 
 def _traced_copy(qmodel: nn.Module) -> fx.GraphModule:

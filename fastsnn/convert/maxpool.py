@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from torch import fx
 
-from ..quant import QuantReLU
-from ..quantize import _max_pool
+from ..prepare import max_pool_settings
+from ..quantizers import QuantReLU
 
 
 def move_stem_max_pools(gm: fx.GraphModule) -> list[str]:
@@ -30,7 +30,7 @@ def move_stem_max_pools(gm: fx.GraphModule) -> list[str]:
             after_neuron.add(node)
     moved = []
     for node in list(gm.graph.nodes):
-        pool = _max_pool(node, gm)
+        pool = max_pool_settings(node, gm)
         if pool is None or pool["return_indices"] or not node.args:
             continue
         act = node.args[0]

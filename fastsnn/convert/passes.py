@@ -15,7 +15,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from ..quant import QuantConv2d, QuantLinear, QuantReLU
+from ..quantizers import QuantConv2d, QuantLinear, QuantReLU
 from .rules import ConversionError, declared_linear
 
 

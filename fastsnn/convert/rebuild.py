@@ -11,8 +11,8 @@ from __future__ import annotations
 from torch import fx, nn
 
 from ..neuron import IFNeuron
+from .modules import GraphNeuron, SpikingLayer, StaticExpand, TimeCollapse, TimeContext
 from .regions import Regions
-from .runtime import GraphNeuron, SpikingLayer, StaticExpand, TimeCollapse, TimeContext
 
 
 class SpikingGraphBuilder:

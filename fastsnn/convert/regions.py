@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from torch import fx, nn
 from torch.nn import functional as F
 
-from ..quant import QuantReLU
+from ..quantizers import QuantReLU
 from .rules import ConversionError, _check_spiking_op
 
 

@@ -21,7 +21,7 @@ import torch.nn as nn
 from torchvision.ops import batched_nms
 
 from fastsnn.backbones import create_backbone
-from fastsnn.backbones.registry import conv_bn_relu, scale_channels
+from fastsnn.backbones.layers import conv_bn_relu, scale_channels
 
 __all__ = ["VOC_ANCHORS", "COCO_ANCHORS", "TinyYOLO", "YOLOv2R34", "decode", "postprocess"]
 

@@ -1,6 +1,6 @@
 """DeepLab-style segmentation networks on the shared quantizable backbones.
 
-Both models follow the converter's rules (see ``fastsnn/backbones/registry.py`` and
+Both models follow the converter's rules (see ``fastsnn/backbones/layers.py`` and
 ``fastsnn/convert/``): one ``nn.ReLU`` instance per activation site (``quantize_model``
 turns each into a ``QuantReLU``, the converter each into an IF neuron layer), no max
 pooling, and a ``forward`` that ``torch.fx`` can trace (no Python branch on tensor values
@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fastsnn.backbones import create_backbone
-from fastsnn.backbones.registry import conv_bn_relu, init_weights, scale_channels
+from fastsnn.backbones.layers import conv_bn_relu, init_weights, scale_channels
 
 __all__ = ["ASPP", "DeepLabV1", "DeepLabV3"]
 

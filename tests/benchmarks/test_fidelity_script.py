@@ -152,7 +152,7 @@ def test_digits_defaults_are_unchanged():
 
 
 def test_float_clip_trains_learned_clips_and_refuses_rate_coding(capsys):
-    from fastsnn.quant import QuantReLU
+    from fastsnn.quantizers import QuantReLU
 
     args = fidelity.parse_args(["--float-clip", "--sj-modes"])
     clipped = [m for m in fidelity.float_net("resnet20", 0.25, args).modules() if isinstance(m, QuantReLU)]

@@ -9,7 +9,7 @@ import torch
 import fastsnn
 from benchmarks.bench_utils import peak_memory_bytes
 from fastsnn.backbones import create_backbone
-from fastsnn.convert import chunking, runtime
+from fastsnn.planner import machine, simulation
 from tests.helpers import randomize_bn
 
 
@@ -20,7 +20,7 @@ def _qmodel(width=0.25):
 
 
 def _cache(monkeypatch, nbytes):
-    monkeypatch.setattr(runtime, "last_level_cache", lambda: (nbytes, f"a {nbytes} B test cache"))
+    monkeypatch.setattr(simulation, "last_level_cache", lambda: (nbytes, f"a {nbytes} B test cache"))
 
 
 @pytest.mark.parametrize(
@@ -28,7 +28,7 @@ def _cache(monkeypatch, nbytes):
     [(100, 50, 1), (100, 100, 1), (100, 140, 1), (100, 150, 2), (100, 3000, 32), (1, 2**20, 2**20)],
 )
 def test_samples_per_chunk_is_the_nearest_power_of_two_of_the_ratio(per_sample, cache, expected):
-    assert chunking.samples_per_chunk(per_sample, cache) == expected
+    assert simulation.samples_per_chunk(per_sample, cache) == expected
 
 
 def _fake_caches(monkeypatch, tmp_path, sizes):
@@ -37,33 +37,33 @@ def _fake_caches(monkeypatch, tmp_path, sizes):
         entry.mkdir()
         (entry / "level").write_text(f"{level}\n")
         (entry / "size").write_text(f"{size}\n")
-    monkeypatch.setattr(chunking, "CACHE_DIR", tmp_path)
-    chunking.last_level_cache.cache_clear()
+    monkeypatch.setattr(machine, "CACHE_DIR", tmp_path)
+    machine.last_level_cache.cache_clear()
 
 
 def test_last_level_cache_reads_the_largest_cache(monkeypatch, tmp_path):
     _fake_caches(monkeypatch, tmp_path, [(1, "48K"), (2, "2048K"), (3, "16M")])
     try:
-        assert chunking.last_level_cache() == (16 * 2**20, "the 16 MiB L3 cache")
+        assert machine.last_level_cache() == (16 * 2**20, "the 16 MiB L3 cache")
     finally:
-        chunking.last_level_cache.cache_clear()
+        machine.last_level_cache.cache_clear()
 
 
 def test_a_socket_sized_cache_counts_as_max_cache_bytes(monkeypatch, tmp_path):
     # a VM's guest sees the whole socket's L3; its cores use a slice of it
     _fake_caches(monkeypatch, tmp_path, [(2, "2048K"), (3, "491520K")])
     try:
-        nbytes, what = chunking.last_level_cache()
+        nbytes, what = machine.last_level_cache()
     finally:
-        chunking.last_level_cache.cache_clear()
-    assert nbytes == chunking.MAX_CACHE_BYTES
+        machine.last_level_cache.cache_clear()
+    assert nbytes == machine.MAX_CACHE_BYTES
     assert "480 MiB L3" in what and "counted as 32 MiB" in what
 
 
 def test_auto_chunks_follow_the_estimate_and_give_the_whole_batch_outputs(monkeypatch, caplog):
     q, x = _qmodel(), torch.randn(7, 1, 32, 32)
     snn = fastsnn.convert_to_snn(q, timesteps=3, mode="multistep")
-    per_sample = snn.estimate_multistep_bytes(x[:1])
+    per_sample = snn.planner.estimate_multistep_bytes(x[:1])
     _cache(monkeypatch, int(2.1 * per_sample))  # room for two samples
     whole = fastsnn.convert_to_snn(q, timesteps=3, mode="multistep", chunk_size=None)
     calls = []
@@ -71,7 +71,7 @@ def test_auto_chunks_follow_the_estimate_and_give_the_whole_batch_outputs(monkey
         snn, "_forward_multistep", lambda x, r, f=snn._forward_multistep: calls.append(len(x)) or f(x, r)
     )
     with caplog.at_level(logging.INFO, logger="fastsnn"), torch.no_grad():
-        assert snn.resolve_chunk(x) == 2
+        assert snn.planner.chunk(x) == 2
         out, steps = snn(x, return_steps=True)
         snn(x[:5])  # another batch size, the same sample shape: no new estimate
         ref, ref_steps = whole(x, return_steps=True)
@@ -84,11 +84,11 @@ def test_auto_chunks_follow_the_estimate_and_give_the_whole_batch_outputs(monkey
 def test_a_large_cache_keeps_whole_batches_and_streaming_never_chunks(monkeypatch):
     _cache(monkeypatch, 2**40)
     q, x = _qmodel(), torch.randn(4, 1, 32, 32)
-    assert fastsnn.convert_to_snn(q, timesteps=3).resolve_chunk(x) is None
+    assert fastsnn.convert_to_snn(q, timesteps=3).planner.chunk(x) is None
     _cache(monkeypatch, 1)
     streaming = fastsnn.convert_to_snn(q, timesteps=3, mode="streaming")
-    assert streaming.plan(x) == ("streaming", None)
-    assert fastsnn.convert_to_snn(q, timesteps=3, mode="multistep").resolve_chunk(x) == 1
+    assert streaming.planner.plan(x) == ("streaming", None)
+    assert fastsnn.convert_to_snn(q, timesteps=3, mode="multistep").planner.chunk(x) == 1
 
 
 def test_auto_chunks_bound_the_peak_memory(monkeypatch):

@@ -12,7 +12,8 @@ from torch import nn
 import fastsnn
 from benchmarks.bench_utils import peak_memory_bytes
 from fastsnn.backbones import create_backbone
-from fastsnn.convert import runtime
+from fastsnn.planner import machine
+from fastsnn.planner.simulation import SimulationPlanner
 from tests.helpers import compose_config, randomize_bn
 
 
@@ -32,7 +33,7 @@ def test_auto_gives_the_chosen_explicit_modes_outputs(name, budget, chosen):
     auto = fastsnn.convert_to_snn(q, timesteps=5, mode="auto", memory_budget=budget)
     explicit = fastsnn.convert_to_snn(q, timesteps=5, mode=chosen)
     with torch.no_grad():
-        assert auto.resolve_mode(X) == chosen
+        assert auto.planner.mode(X) == chosen
         assert torch.equal(auto(X), explicit(X))
         (a, a_steps), (e, e_steps) = auto(X, return_steps=True), explicit(X, return_steps=True)
     assert torch.equal(a, e) and torch.equal(a_steps, e_steps)
@@ -68,12 +69,12 @@ def test_explicit_modes_never_estimate(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("estimated")
 
-    monkeypatch.setattr(runtime.SpikingModel, "estimate_multistep_bytes", boom)
+    monkeypatch.setattr(SimulationPlanner, "estimate_multistep_bytes", boom)
     for mode in ("multistep", "streaming"):
         snn = fastsnn.convert_to_snn(_qmodel(), timesteps=3, mode=mode)
         with torch.no_grad():
             snn(X)
-        assert snn.resolve_mode(X) == mode
+        assert snn.planner.mode(X) == mode
 
 
 def test_a_failed_estimate_keeps_multistep_and_warns(monkeypatch, caplog):
@@ -81,9 +82,9 @@ def test_a_failed_estimate_keeps_multistep_and_warns(monkeypatch, caplog):
         raise RuntimeError("no meta kernel")
 
     snn = fastsnn.convert_to_snn(_qmodel(), timesteps=3, mode="auto", memory_budget=1)
-    monkeypatch.setattr(snn, "estimate_multistep_bytes", fails)
+    monkeypatch.setattr(snn.planner, "estimate_multistep_bytes", fails)
     with caplog.at_level(logging.INFO, logger="fastsnn"):
-        assert snn.resolve_mode(X) == "multistep"
+        assert snn.planner.mode(X) == "multistep"
     warning = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warning) == 1 and "estimate failed (RuntimeError: no meta kernel)" in warning[0].getMessage()
 
@@ -115,19 +116,23 @@ def test_the_estimate_is_close_to_the_measured_cpu_peak():
     x = torch.randn(8, 3, 32, 32)
     for T in (3, 7):
         snn = fastsnn.convert_to_snn(q, timesteps=T)
-        estimate = snn.estimate_multistep_bytes(x)
+        estimate = snn.planner.estimate_multistep_bytes(x)
         with torch.no_grad():
             measured = peak_memory_bytes(lambda snn=snn: snn(x), torch.device("cpu"))
         scratch = _conv_scratch_bytes(snn, x)
         assert 0.75 * (measured - scratch) <= estimate <= 1.25 * measured, (T, estimate, measured, scratch)
-    assert snn.estimate_multistep_bytes(x, "steps") >= snn.estimate_multistep_bytes(x)  # output region T-fold
+    assert snn.planner.estimate_multistep_bytes(x, "steps") >= snn.planner.estimate_multistep_bytes(
+        x
+    )  # output region T-fold
 
 
 def test_the_choice_is_made_on_one_chunk(monkeypatch):
     snn = fastsnn.convert_to_snn(_qmodel(), timesteps=3, mode="auto", chunk_size=2, memory_budget=2**40)
     seen = []
-    real = snn.estimate_multistep_bytes
-    monkeypatch.setattr(snn, "estimate_multistep_bytes", lambda x, run="mean": seen.append(x.shape) or real(x, run))
+    real = snn.planner.estimate_multistep_bytes
+    monkeypatch.setattr(
+        snn.planner, "estimate_multistep_bytes", lambda x, run="mean": seen.append(x.shape) or real(x, run)
+    )
     with torch.no_grad():
         snn(X)
     assert seen == [torch.Size([2, 1, 32, 32])]
@@ -135,16 +140,16 @@ def test_the_choice_is_made_on_one_chunk(monkeypatch):
 
 def test_fraction_budgets_refer_to_the_available_memory(monkeypatch, caplog):
     snn = fastsnn.convert_to_snn(_qmodel(), timesteps=3, mode="auto")
-    estimate = snn.estimate_multistep_bytes(X)
-    monkeypatch.setattr(runtime, "available_memory", lambda device: int(estimate * 1.5))
-    assert snn.resolve_mode(X) == "streaming"  # default: half of it
+    estimate = snn.planner.estimate_multistep_bytes(X)
+    monkeypatch.setattr(machine, "available_memory", lambda device: int(estimate * 1.5))
+    assert snn.planner.mode(X) == "streaming"  # default: half of it
     snn.memory_budget = 0.9
-    assert snn.resolve_mode(X) == "multistep"
-    monkeypatch.setattr(runtime, "available_memory", lambda device: None)
+    assert snn.planner.mode(X) == "multistep"
+    monkeypatch.setattr(machine, "available_memory", lambda device: None)
     snn.memory_budget = 0.5
     with caplog.at_level(logging.INFO, logger="fastsnn"):
         snn.timesteps = 4  # a new choice
-        assert snn.resolve_mode(X) == "multistep"
+        assert snn.planner.mode(X) == "multistep"
     assert "available memory of cpu is unknown" in caplog.text
     for bad in (0, -1.0, True, "x"):
         with pytest.raises((ValueError, TypeError)):
@@ -170,9 +175,9 @@ def test_the_model_copies_and_pickles_with_its_choices():
 
 
 def test_mode_auto_from_the_run_config(tmp_path):
-    cfg = compose_config(tmp_path, "callbacks.snn_conversion.mode=auto")
+    cfg = compose_config(tmp_path, "snn.mode=auto")
     callback = instantiate(cfg.callbacks.snn_conversion)
-    assert callback.mode == "auto"
+    assert callback.simulation.mode == "auto"
 
     class Module:  # what SNNConversion.convert needs of a task
         net = _qmodel()
@@ -182,4 +187,4 @@ def test_mode_auto_from_the_run_config(tmp_path):
             self.snn = snn
 
     snn = callback.convert(Module())
-    assert snn.mode == "auto" and snn.resolve_mode(X) in ("multistep", "streaming")
+    assert snn.mode == "auto" and snn.planner.mode(X) in ("multistep", "streaming")

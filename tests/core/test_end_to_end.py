@@ -75,7 +75,7 @@ def pipeline(request, data, one_thread):
 def test_the_quantized_ann_learned_the_task(pipeline):
     # otherwise the comparisons below would be between chance-level models
     assert pipeline["acc"]["ann"] >= 95.0, pipeline["acc"]
-    assert fastsnn.quant.activation_bits(pipeline["ann"]) == {2}
+    assert fastsnn.quantizers.activation_bits(pipeline["ann"]) == {2}
     assert pipeline["snn"].timesteps == 3
 
 

@@ -21,9 +21,10 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import fastsnn
-from fastsnn import finetune
-from fastsnn.backbones.registry import conv_bn_relu
+from fastsnn.backbones.layers import conv_bn_relu
 from fastsnn.backbones.resnet import BasicBlock
+from fastsnn.convert import trace
+from fastsnn.finetune import graph, sources
 from tests.helpers import randomize_bn
 
 FALLBACK = "simulates the SNN from the input for every layer"
@@ -190,7 +191,7 @@ def test_each_layer_costs_the_same_whatever_its_depth(depth):
     data, epochs, measure = batches(n=3), 2, 2
     tunable = [layer for layer in snn.layers if not layer.constant_input]
     nodes = {n.target: n for n in snn.net.graph.nodes if n.op == "call_module"}
-    convs = [finetune._layer_graph(snn.net, nodes[layer.name]).modules[0] for layer in tunable]
+    convs = [graph._layer_graph(snn.net, nodes[layer.name]).modules[0] for layer in tunable]
     expected = 2 * epochs * len(data) + 2 * measure + len(data) + 1
     for cache, check in ((None, lambda c: c == expected), (False, lambda c: c > expected)):
         tuned = copy.deepcopy(snn)
@@ -222,8 +223,8 @@ def test_resume_carries_the_batches_through_the_layers_tuned_before():
 def test_over_the_memory_budget_it_simulates_again_and_says_why(caplog):
     ann, snn = converted(Concat)
     data = batches()
-    tunables = finetune._tunable_layers(snn)
-    per_batch = finetune._frontier_bytes(snn, finetune.trace(ann), tunables, data[0][0])
+    tunables = graph._tunable_layers(snn)
+    per_batch = sources._frontier_bytes(snn, trace(ann), tunables, data[0][0])
     need = per_batch * len(data)
     old, old_snn = tune(ann, snn, data, cache=False)
     with caplog.at_level(logging.WARNING, logger="fastsnn.finetune"):
@@ -239,8 +240,8 @@ def test_over_the_memory_budget_it_simulates_again_and_says_why(caplog):
 
 def test_spike_trains_are_carried_as_int8():
     ann, snn = converted(Residual)
-    tunables = finetune._tunable_layers(snn)
-    frontier = finetune._Frontier(snn, finetune.trace(ann), tunables, [batches()[0][0]], 1, None)
+    tunables = graph._tunable_layers(snn)
+    frontier = sources._Frontier(snn, trace(ann), tunables, [batches()[0][0]], 1, None)
     for t in tunables[:3]:
         frontier.advance(t)
     stored = frontier.batches[0].values
@@ -333,7 +334,7 @@ class _CountingLoader:
 
 
 def test_the_stage_tunes_every_layer_on_one_held_pass(caplog):
-    from fastsnn.finetune_stage import FineTuningStage
+    from tasks.finetune_stage import FineTuningStage
 
     ann, snn = converted(Residual)
     data = batches(n=6)
@@ -361,6 +362,6 @@ def test_the_stage_tunes_every_layer_on_one_held_pass(caplog):
     stage = FineTuningStage(validate=False, limit_batches=3, measure_batches=2, device="cpu", progress=False)
     with caplog.at_level(logging.WARNING, logger="fastsnn.finetune"):
         reports = stage.run(Task(), Data())
-    assert len(reports) == len(finetune._tunable_layers(snn)) >= 4
+    assert len(reports) == len(graph._tunable_layers(snn)) >= 4
     assert not fallback_messages(caplog)
     assert loader.passes == 2  # one batch to size the cache, one pass held for all layers

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import fastsnn
-from fastsnn import kernel_choice
 from fastsnn.convert import SpikeConv2d
+from fastsnn.planner import kernels
 
 pytestmark = pytest.mark.usefixtures("fresh_kernel_choice")
 
@@ -45,7 +45,7 @@ def _count_int_mm(monkeypatch):
 
 
 def _cache_entries():
-    (entries,) = json.loads(kernel_choice.cache_path().read_text()).values()
+    (entries,) = json.loads(kernels.cache_path().read_text()).values()
     return {name: e for name, e in entries.items() if " conv " in name}
 
 
@@ -56,7 +56,13 @@ def test_auto_covers_narrow_spike_fed_convs_and_float_weights_stay_float(monkeyp
         n for n, m in fastsnn.convert_to_snn(q, integer_kernels=True).named_modules() if isinstance(m, SpikeConv2d)
     ]
     assert len(auto) == 2 and len(explicit) == 1  # the 16-channel conv too, under "auto"
-    monkeypatch.setattr(kernel_choice, "INTEGER_PROBE_AFTER_S", 0.0)
+    # which kernel a layer runs is its own explicit state
+    kinds = {m.kernel for m in fastsnn.convert_to_snn(q).modules() if isinstance(m, SpikeConv2d)}
+    assert kinds == {"auto"}
+    assert {m.kernel for m in fastsnn.convert_to_snn(q, integer_kernels=True).modules() if hasattr(m, "kernel")} == {
+        "integer"
+    }
+    monkeypatch.setattr(kernels, "INTEGER_PROBE_AFTER_S", 0.0)
     calls = _count_int_mm(monkeypatch)
     q, x = _qmodel(weight_bits=None), torch.randn(4, 3, 8, 8)
     snn = fastsnn.convert_to_snn(q)
@@ -77,11 +83,11 @@ def test_short_runs_never_probe_and_give_the_float_outputs(monkeypatch):
 
 
 def test_probes_once_per_class_caches_and_logs_it(monkeypatch, caplog):
-    monkeypatch.setattr(kernel_choice, "INTEGER_PROBE_AFTER_S", 0.0)
+    monkeypatch.setattr(kernels, "INTEGER_PROBE_AFTER_S", 0.0)
     calls = _count_int_mm(monkeypatch)
     q, x = _qmodel(), torch.randn(4, 3, 8, 8)
     (ref,) = _outputs(fastsnn.convert_to_snn(q, integer_kernels=False), x)
-    with caplog.at_level(logging.INFO, logger="fastsnn.kernel_choice"):
+    with caplog.at_level(logging.INFO, logger="fastsnn.planner.kernels"):
         outs = _outputs(fastsnn.convert_to_snn(q), x, calls=3)
     entries = _cache_entries()
     assert len(entries) == 2 and all(e["choice"] in ("integer", "float") for e in entries.values())
@@ -95,13 +101,13 @@ def test_probes_once_per_class_caches_and_logs_it(monkeypatch, caplog):
 
 @pytest.mark.parametrize("choice", ["integer", "float"])
 def test_a_cached_choice_applies_at_once_with_that_paths_outputs(monkeypatch, choice):
-    monkeypatch.setattr(kernel_choice, "INTEGER_PROBE_AFTER_S", 0.0)
+    monkeypatch.setattr(kernels, "INTEGER_PROBE_AFTER_S", 0.0)
     q, x = _qmodel(), torch.randn(4, 3, 8, 8)
     _outputs(fastsnn.convert_to_snn(q), x)  # learn the classes' names
-    machine = kernel_choice.machine_key(x.device)
+    machine = kernels.machine_key(x.device)
     for name in _cache_entries():
-        kernel_choice._store(machine, name, dict(choice=choice))
-    kernel_choice.reset()  # a new process: only the file remains
+        kernels._store(machine, name, dict(choice=choice))
+    kernels.reset()  # a new process: only the file remains
     calls = _count_int_mm(monkeypatch)
     (got,) = _outputs(fastsnn.convert_to_snn(q), x)
     if choice == "float":
@@ -111,12 +117,12 @@ def test_a_cached_choice_applies_at_once_with_that_paths_outputs(monkeypatch, ch
 
 
 def test_int8_outputs_that_differ_are_refused(monkeypatch, caplog):
-    monkeypatch.setattr(kernel_choice, "INTEGER_PROBE_AFTER_S", 0.0)
+    monkeypatch.setattr(kernels, "INTEGER_PROBE_AFTER_S", 0.0)
     real = SpikeConv2d._integer_forward
     monkeypatch.setattr(SpikeConv2d, "_integer_forward", lambda self, x, cache: real(self, x, cache) + 1)
     q, x = _qmodel(), torch.randn(4, 3, 8, 8)
     (ref,) = _outputs(fastsnn.convert_to_snn(q, integer_kernels=False), x)
-    with caplog.at_level(logging.WARNING, logger="fastsnn.kernel_choice"):
+    with caplog.at_level(logging.WARNING, logger="fastsnn.planner.kernels"):
         outs = _outputs(fastsnn.convert_to_snn(q), x, calls=2)
     assert all(torch.equal(o, ref) for o in outs)
     assert sum("differ" in r.message for r in caplog.records) == 2

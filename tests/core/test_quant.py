@@ -4,8 +4,8 @@ from torch import fx, nn
 from torch.nn import functional as F
 
 from fastsnn import ConversionError, QuantConv2d, QuantLinear, QuantReLU, convert_to_snn, quantize_model
-from fastsnn.quant import apot_levels, project_to_levels, uniform_levels
-from fastsnn.quantize import PoolConv2d, prepare_model
+from fastsnn.prepare import PoolConv2d, prepare_model
+from fastsnn.quantizers import apot_levels, project_to_levels, uniform_levels
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
@@ -124,6 +124,15 @@ def test_quantize_model_without_weight_bits_keeps_float_weights():
     assert type(model[0]) is nn.Conv2d and type(model[7]) is nn.Linear
     model = quantize_model(_mlp(), bits=4, weight_bits=4, first_last_bits=None)
     assert type(model[0]) is nn.Conv2d and type(model[7]) is nn.Linear and model[2].weight_quantizer.bits == 4
+
+
+def test_weight_bits_same_follows_the_activation_bits_with_at_least_two():
+    assert quantize_model(_mlp(), bits=3, weight_bits="same")[2].weight_quantizer.bits == 3
+    assert quantize_model(_mlp(), bits=1, weight_bits="same")[2].weight_quantizer.bits == 2  # sign + 1 bit
+    model = quantize_model(_mlp(), bits=None, weight_bits="same")  # full precision: float weights
+    assert not any(isinstance(m, (QuantConv2d, QuantLinear)) for m in model.modules())
+    with pytest.raises(ValueError, match="weight_bits"):
+        quantize_model(_mlp(), bits=2, weight_bits="half")
 
 
 def test_requantizing_changes_bits_and_keeps_learned_values():

@@ -38,7 +38,7 @@ def test_task_detection_selects_its_default_model_and_data(tmp_path):
     cfg = _compose(tmp_path, "task=detection", tiny=False)
     assert cfg.model.name == "yolo" and cfg.data._target_.endswith("ShapesDetectionDataModule")
     assert cfg.task.metric == "map_50" and cfg.task.module.metric == "map_50"
-    assert cfg.model.quant.weight_bits is None  # activations only, float weights
+    assert cfg.quant.weight_bits is None  # activations only, float weights
     assert cfg.data.root == str(tmp_path / "data" / "shapes")
     assert cfg.model.net.anchors == cfg.data.anchors  # the data set's k-means anchors
     # the command line still overrides the task's choices
@@ -92,7 +92,7 @@ def test_paper_recipes_compose_and_instantiate(tmp_path, experiment, bits):
     missing = _compose(tmp_path, f"experiment={experiment}", "bits=5", tiny=False)
     with pytest.raises(InterpolationKeyError, match=r"per_bits\.lr\.b5"):  # a bit width without values
         instantiate(missing.task.module.optimizer)
-    assert cfg.data.image_size == 416 and cfg.model.net.width == 1.0 and cfg.model.quant.weight_bits is None
+    assert cfg.data.image_size == 416 and cfg.model.net.width == 1.0 and cfg.quant.weight_bits is None
     assert cfg.task.metric == ("map" if data_name == "coco" else "map_50") == cfg.task.module.metric
     exp = build(cfg)  # constructing the data module must not touch the (absent) data
     data, net, module = exp.datamodule, exp.net, exp.module

@@ -7,7 +7,7 @@ import pytest
 from hydra.utils import instantiate
 
 from fastsnn import QuantReLU
-from tasks.pipeline import build, quantize_net
+from tasks.pipeline import build
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 CLASSIFICATION_EXPERIMENTS = sorted(
@@ -39,7 +39,7 @@ def test_classification_experiments_compose_and_instantiate(make_config, experim
     assert cfg.bits == 4 and cfg.model.net.width == 1.0
     exp = build(cfg)  # no data on disk: constructing the data module must not touch it
     assert all(m.bits == 4 for m in exp.net.modules() if isinstance(m, QuantReLU))
-    assert isinstance(exp.trainer, L.Trainer) and exp.conversion.timesteps == 15
+    assert isinstance(exp.trainer, L.Trainer) and exp.conversion.simulation.timesteps == 15
     assert exp.module.configure_optimizers()["optimizer"].defaults["lr"] == cfg.task.module.optimizer.lr
     assert instantiate(cfg.finetune).epochs_per_layer >= 1
 
@@ -49,7 +49,7 @@ def test_every_model_config_builds_a_quantizable_net(make_config, model):
     cfg = make_config(f"model={model}", tiny=False)
     kwargs = {"width": 0.125} if "width" in cfg.model.net else {}
     net = instantiate(cfg.model.net, num_classes=10, in_channels=3, **kwargs)
-    net = quantize_net(net, 2, cfg.model.quant)
+    net = instantiate(cfg.quant)(net, bits=2)
     assert any(isinstance(m, QuantReLU) for m in net.modules())
 
 

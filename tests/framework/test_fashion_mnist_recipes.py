@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 
 from benchmarks import fidelity
 from fastsnn import QuantReLU
-from fastsnn.quant import QuantConv2d, QuantLinear
+from fastsnn.quantizers import QuantConv2d, QuantLinear
 from tasks.classification.data import FashionMNISTDataModule
 from tasks.pipeline import build, run
 from tests.helpers import TINY, compose_config
@@ -39,7 +39,7 @@ def test_recipe_composes_and_instantiates_as_the_benchmark_row(tmp_path, experim
     # weights as the benchmark's --weight-bits same: max(bits, 2) bits, 8-bit first conv and last layer
     assert [m.weight_quantizer.bits for m in (layers[0], layers[-1])] == [8, 8]
     assert {m.weight_quantizer.bits for m in layers[1:-1]} == {fidelity.weight_bits_for(bits, "same")}
-    assert exp.conversion.timesteps == 2**bits - 1
+    assert exp.conversion.simulation.timesteps == 2**bits - 1
     opt = exp.module.configure_optimizers()["optimizer"]
     assert opt.defaults["lr"] == 0.02 and opt.defaults["weight_decay"] == 5e-4
     ft = instantiate(cfg.finetune)

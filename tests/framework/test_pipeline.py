@@ -122,15 +122,16 @@ def test_wandb_logs_offline_without_credentials(make_config, monkeypatch, tmp_pa
     assert "snn/test_acc" in metrics and "ann/test_acc" in metrics
 
 
-def test_model_quant_settings_reach_the_quantized_modules():
-    from omegaconf import OmegaConf
+def test_quant_settings_reach_the_quantized_modules(make_config):
+    from hydra.utils import instantiate
     from torch import nn
 
     from fastsnn import QuantConv2d, QuantReLU
-    from tasks.pipeline import quantize_net
 
+    cfg = make_config("quant.alpha_init=1.5", "quant.fused=true")
+    assert cfg.quant.weight_bits == "same"  # model=vgg11 chooses quant=quantized_weights
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
-    net = quantize_net(net, 3, OmegaConf.create({"weight_bits": "same", "alpha_init": 1.5, "fused": True}))
+    net = instantiate(cfg.quant)(net, bits=3)
     relus = [m for m in net.modules() if isinstance(m, QuantReLU)]
     assert relus and all(m.fused and m.bits == 3 and m.alpha.item() == 1.5 for m in relus)
     assert isinstance(net[2], QuantConv2d) and net[2].weight_quantizer.bits == 3  # "same" as the activations

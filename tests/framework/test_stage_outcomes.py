@@ -2,16 +2,15 @@
 
 import logging
 
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import Logger
-from omegaconf import OmegaConf
-from torch import nn
 
 from fastsnn import QuantConv2d, QuantReLU
-from fastsnn.finetune_stage import FineTuningStage
 from tasks import pipeline
-from tasks.pipeline import build, evaluate, quantize_net, run
+from tasks.finetune_stage import FineTuningStage
+from tasks.pipeline import build, evaluate, run
 from tasks.results import check_optimized_metric, optimized_value, record_snn
 from tasks.settings import SettingsError
 
@@ -90,22 +89,28 @@ def test_a_failed_test_pass_leaves_the_module_in_ann_mode(make_config, monkeypat
 
 
 @pytest.mark.parametrize("checkpointing", ["callbacks.model_checkpoint=null", "+trainer.enable_checkpointing=false"])
-def test_final_weights_and_default_conversion_settings_are_announced(make_config, caplog, checkpointing):
+def test_final_weights_are_announced(make_config, caplog, checkpointing):
     caplog.set_level(logging.WARNING)
     no_monitor = checkpointing.startswith("callbacks")  # Lightning then adds its own unranked ModelCheckpoint
-    overrides = ["callbacks.model_checkpoint=null", checkpointing, "callbacks.snn_conversion=null"]
+    overrides = ["callbacks.model_checkpoint=null", checkpointing]
     results = run(make_config(*dict.fromkeys(overrides), "stages=[train,convert]"))
     assert results["snn"] is not None and ("checkpoint" in results) == no_monitor
     expected = "monitors no metric" if no_monitor else "checkpointing is off"
     assert expected in caplog.text and "use the final weights, not the best ones" in caplog.text
-    assert "callbacks.snn_conversion is null: converting with SNNConversion's default settings" in caplog.text
 
 
-def test_explicit_weight_bits_at_full_precision_are_announced(caplog):
-    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+def test_a_run_that_converts_without_the_conversion_callback_stops_before_any_work(make_config, monkeypatch):
+    monkeypatch.setattr(L.Trainer, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
+    with pytest.raises(SettingsError, match="callbacks.snn_conversion is null"):
+        run(make_config("callbacks.snn_conversion=null", "stages=[train,convert]"))
+    # a run without the convert stage does not need it
+    assert build(make_config("callbacks.snn_conversion=null", "stages=[train]")).conversion is None
+
+
+def test_explicit_weight_bits_at_full_precision_are_announced(make_config, caplog):
     with caplog.at_level(logging.WARNING):
-        net = quantize_net(net, None, OmegaConf.create({"weight_bits": 4}))
-    assert "model.quant.weight_bits=4 is ignored at bits=32" in caplog.text
+        net = build(make_config("bits=32", "stages=[train]", "quant.weight_bits=4")).net
+    assert any(r.getMessage().startswith("quant.weight_bits=4 is ignored at bits=32") for r in caplog.records)
     assert any(isinstance(m, QuantReLU) for m in net.modules())
     assert not any(isinstance(m, QuantConv2d) for m in net.modules())
 

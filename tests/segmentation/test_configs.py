@@ -4,9 +4,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 
-from fastsnn.quant import QuantConv2d, activation_bits
-from tasks.pipeline import build, quantize_net
+from fastsnn.quantizers import QuantConv2d, activation_bits
+from tasks.pipeline import build
 from tasks.segmentation.data import COCOSegDataModule, ShapesSegDataModule, VOCSegDataModule
 from tasks.segmentation.deeplab import DeepLabV1, DeepLabV3
 from tasks.segmentation.module import SegmentationModule
@@ -59,7 +60,7 @@ def test_paper_recipes_compose_and_instantiate_at_4_3_and_2_bits(experiment):
         cfg = _compose(f"experiment={experiment}", f"bits={bits}", *ON_THIS_MACHINE)
         assert cfg.task.name == "segmentation" and cfg.trainer.max_epochs == 50
         assert cfg.task.module.optimizer.lr == pytest.approx(0.007)
-        assert cfg.model.quant.weight_bits is None and cfg.data.crop_size == 513
+        assert cfg.quant.weight_bits is None and cfg.data.crop_size == 513
         if net is None:  # the network is the same at every bit width: build it once
             datamodule, net, module, settings = _build(cfg)
             assert isinstance(datamodule, data_cls) and isinstance(net, net_cls)
@@ -67,7 +68,7 @@ def test_paper_recipes_compose_and_instantiate_at_4_3_and_2_bits(experiment):
             assert module.configure_optimizers()["optimizer"].__class__ is torch.optim.SGD
         else:
             settings = resolve(cfg.bits, cfg.timesteps, cfg.stages)
-            net = quantize_net(net, settings.bits, cfg.model.quant)
+            net = instantiate(cfg.quant)(net, bits=settings.bits)
         assert settings.timesteps == 2**bits - 1
         assert activation_bits(net) == {bits}
         assert not any(isinstance(m, QuantConv2d) for m in net.modules())  # float weights

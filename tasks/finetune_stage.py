@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .finetune import LayerReport, layerwise_finetune
-from .protocol import SpikingTask
+from fastsnn.finetune import LayerReport, layerwise_finetune
+from fastsnn.protocol import SpikingTask
 
 
 class _Limited:

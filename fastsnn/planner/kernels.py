@@ -23,8 +23,8 @@ once the kernel class has been used for as long as a compile takes.
 dot-product instructions (VNNI) and many times slower on CPUs without them, so it is measured too,
 per conv class (device, kernel, stride, channels, spikes or pooled spikes, rows to the nearest power
 of two). A class runs the float convolution until it has spent ``INTEGER_PROBE_AFTER_S`` on it; then
-both kernels run on a slice of that call's batch (a few milliseconds of float work, so that even an
-int8 GEMM 50x slower costs little), the int8 outputs are checked against the float ones (equal up to float rounding),
+both kernels run on a slice of that call's batch (a few milliseconds of float work, so that even a much
+slower int8 GEMM costs little), the int8 outputs are checked against the float ones (equal up to float rounding),
 and the faster kernel is kept and cached as above. A cached decision applies at once.
 """
 
@@ -33,20 +33,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import threading
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+from .machine import machine_key
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_COMPILE_S = 10.0  # assumed cost of one compile before any has been measured here
 # float time a conv class runs before its int8 kernel is measured: the probe costs a few milliseconds,
-# and a 1 s wait kept 3x faster int8 kernels out of short evaluations on CPUs with AMX
+# and a longer wait keeps a faster int8 kernel out of short evaluations
 INTEGER_PROBE_AFTER_S = 0.1
 PROBE_SLICE_S = 0.002  # float time of the batch slice the int8 probe runs on
 
@@ -75,27 +75,6 @@ def cache_path() -> Path:
     if root is None:
         root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fastsnn"
     return Path(root) / "kernel_choice.json"
-
-
-def machine_key(device: torch.device) -> str:
-    """What the timings depend on: processor, torch version and threads, or the GPU's name."""
-    if device.type == "cuda":
-        where = torch.cuda.get_device_name(device)
-    else:
-        where = f"{platform.machine()} {cpu_name()} threads={torch.get_num_threads()}"
-    return f"{where} | torch {torch.__version__}"
-
-
-@lru_cache(maxsize=1)
-def cpu_name() -> str:
-    """The processor's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def kernel_class(x: torch.Tensor, timesteps: int, signed: bool, constant: bool) -> str:

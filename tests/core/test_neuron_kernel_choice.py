@@ -6,8 +6,8 @@ import logging
 import pytest
 import torch
 
-from fastsnn import kernel_choice
 from fastsnn.neuron import IFNeuron
+from fastsnn.planner import kernels
 
 pytestmark = pytest.mark.usefixtures("fresh_kernel_choice")
 
@@ -39,28 +39,28 @@ def test_short_runs_never_compile(monkeypatch):
 
 def test_compiles_once_eager_time_reaches_compile_cost_and_caches_it(monkeypatch, caplog):
     built = _spy_compile(monkeypatch)
-    monkeypatch.setattr(kernel_choice, "DEFAULT_COMPILE_S", 0.0)
+    monkeypatch.setattr(kernels, "DEFAULT_COMPILE_S", 0.0)
     n = IFNeuron(1.0, compiled="auto")
     x = torch.randn(3, 4, 16)
-    with caplog.at_level(logging.INFO, logger="fastsnn.kernel_choice"):
+    with caplog.at_level(logging.INFO, logger="fastsnn.planner.kernels"):
         outs = [n(x) for _ in range(3)]
     assert built == ["if_multistep_T3_signed"]  # built once, then reused
     assert all(torch.equal(o, IFNeuron(1.0, compiled=False)(x)) for o in outs)
-    cache = json.loads(kernel_choice.cache_path().read_text())
+    cache = json.loads(kernels.cache_path().read_text())
     (entries,) = cache.values()
     (cls, entry) = next(iter(entries.items()))
-    assert cls == kernel_choice.kernel_class(x, 3, True, False)
+    assert cls == kernels.kernel_class(x, 3, True, False)
     assert entry["choice"] in ("compiled", "eager") and entry["compile_s"] >= 0
     assert sum("neuron kernels" in r.message for r in caplog.records) == 1  # logged once
 
 
 def test_cached_eager_decision_skips_compiling(monkeypatch):
     built = _spy_compile(monkeypatch)
-    monkeypatch.setattr(kernel_choice, "DEFAULT_COMPILE_S", 0.0)
+    monkeypatch.setattr(kernels, "DEFAULT_COMPILE_S", 0.0)
     x = torch.randn(7, 2, 8)
-    cls = kernel_choice.kernel_class(x, 7, True, False)
-    kernel_choice._store(kernel_choice.machine_key(x.device), cls, dict(choice="eager", compile_s=0.0))
-    kernel_choice.reset()  # a new process: only the file remains
+    cls = kernels.kernel_class(x, 7, True, False)
+    kernels._store(kernels.machine_key(x.device), cls, dict(choice="eager", compile_s=0.0))
+    kernels.reset()  # a new process: only the file remains
     for _ in range(3):
         IFNeuron(1.0, compiled="auto")(x)
     assert built == []
@@ -69,12 +69,12 @@ def test_cached_eager_decision_skips_compiling(monkeypatch):
 def test_fused_kernel_with_other_outputs_is_not_used(monkeypatch, caplog):
     import fastsnn.neuron as neuron_mod
 
-    monkeypatch.setattr(kernel_choice, "DEFAULT_COMPILE_S", 0.0)
+    monkeypatch.setattr(kernels, "DEFAULT_COMPILE_S", 0.0)
     monkeypatch.setattr(neuron_mod, "_compiled_multistep", {})
     monkeypatch.setattr(neuron_mod.torch, "compile", lambda fn, dynamic=True: lambda *a: fn(*a) + 1)
     n = IFNeuron(1.0, compiled="auto")
     x = torch.randn(3, 4, 16)
-    with caplog.at_level(logging.WARNING, logger="fastsnn.kernel_choice"):
+    with caplog.at_level(logging.WARNING, logger="fastsnn.planner.kernels"):
         outs = [n(x) for _ in range(3)]
     assert all(torch.equal(o, IFNeuron(1.0, compiled=False)(x)) for o in outs)
     assert any("differ" in r.message for r in caplog.records)
@@ -86,11 +86,11 @@ def test_broken_compiler_falls_back_to_eager_with_one_warning(monkeypatch, caplo
     def broken(fn, dynamic=True):
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setattr(kernel_choice, "DEFAULT_COMPILE_S", 0.0)
+    monkeypatch.setattr(kernels, "DEFAULT_COMPILE_S", 0.0)
     monkeypatch.setattr(neuron_mod, "_compiled_multistep", {})
     monkeypatch.setattr(neuron_mod.torch, "compile", broken)
     x = torch.randn(3, 4, 16)
-    with caplog.at_level(logging.WARNING, logger="fastsnn.kernel_choice"):
+    with caplog.at_level(logging.WARNING, logger="fastsnn.planner.kernels"):
         outs = [IFNeuron(1.0, compiled="auto")(x) for _ in range(3)]
         IFNeuron(1.0, compiled="auto").forward_constant(x[0], 5)
     assert all(torch.equal(o, IFNeuron(1.0, compiled=False)(x)) for o in outs)
@@ -99,7 +99,7 @@ def test_broken_compiler_falls_back_to_eager_with_one_warning(monkeypatch, caplo
 
 
 def test_real_compile_gives_identical_outputs(monkeypatch):
-    monkeypatch.setattr(kernel_choice, "DEFAULT_COMPILE_S", 0.0)
+    monkeypatch.setattr(kernels, "DEFAULT_COMPILE_S", 0.0)
     torch.manual_seed(0)
     x = torch.randn(3, 2, 5, 5) * 1.3
     eager = IFNeuron(0.7, compiled=False)
@@ -118,12 +118,12 @@ def test_a_class_due_in_two_threads_is_decided_by_one(monkeypatch):
     # the others just return their output (this raised KeyError before the tallies had a lock)
     import threading
 
-    pending = {"k": kernel_choice._Pending("k", "m", pays_after=0.0)}
+    pending = {"k": kernels._Pending("k", "m", pays_after=0.0)}
     barrier, due = threading.Barrier(4), []
 
     def work():
         barrier.wait()
-        out, _, entry = kernel_choice._tally(pending, "k", lambda: torch.ones(1), torch.device("cpu"))
+        out, _, entry = kernels._tally(pending, "k", lambda: torch.ones(1), torch.device("cpu"))
         assert torch.equal(out, torch.ones(1))
         due.append(entry)
 

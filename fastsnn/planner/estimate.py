@@ -6,16 +6,13 @@ collected, and keeps the high-water mark: the bytes a run of the same code on a 
 would hold at its peak, counting tensors only (allocator caches and library scratch buffers are
 not seen). :func:`meta_copy` makes a copy of a module whose parameters and buffers live on the
 meta device (no data is copied), so a model of any size can be run through the tracker in
-milliseconds on any input shape. :func:`available_memory` is what ``memory_budget`` fractions
-of :class:`~fastsnn.convert.SpikingModel` refer to.
+milliseconds on any input shape.
 """
 
 from __future__ import annotations
 
 import copy
-import types
 import weakref
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -67,33 +64,21 @@ class AllocationTracker(TorchDispatchMode):
 def meta_copy(module: nn.Module) -> nn.Module:
     """A deep copy of ``module`` with its parameters and buffers on the meta device (nothing copied).
 
-    Its modules have no hooks (the originals' are not copied). For estimates: int8 synapses (``SpikeConv2d``) run their float convolution in the copy (the
-    path that works on shapes alone), and neurons :func:`_one_step_multistep`, which allocates
-    what their T-step loop allocates at its peak at the cost of one step.
+    Its modules have no hooks (the originals' are not copied), and every module with a
+    ``for_estimates()`` method is switched by it to the code that runs on shapes alone and
+    allocates what the real one does at its peak (neurons: one step of their T-step loop with all
+    its buffers; int8 synapses: the float convolution).
     """
-    from ..neuron import IFNeuron
-    from .integer import SpikeConv2d
-
     memo: dict[int, object] = {}
     for t in [*module.parameters(), *module.buffers()]:
         meta = torch.empty_like(t, device="meta")
         memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
-    for m in module.modules():  # int8 weight caches: not needed on the meta device
-        if isinstance(m, SpikeConv2d):
-            for name in ("_int_cache",):
-                value = getattr(m, name, None)
-                if value is not None:
-                    memo[id(value)] = None
     copied = copy.deepcopy(module, memo).to("meta")
     for m in copied.modules():
         for hooks in _HOOK_DICTS:  # the originals' observers (e.g. spike statistics) must not see this copy
-            getattr(m, hooks, {}).clear()
-        if isinstance(m, SpikeConv2d):
-            m.forward = types.MethodType(nn.Conv2d.forward, m)
-        elif isinstance(m, IFNeuron):
-            m.compiled = False
-            m.forward = types.MethodType(_neuron_forward, m)
-            m.forward_constant = types.MethodType(_neuron_forward_constant, m)
+            getattr(m, hooks).clear()
+        if callable(getattr(type(m), "for_estimates", None)):
+            m.for_estimates()
     return copied
 
 
@@ -108,29 +93,6 @@ _HOOK_DICTS = (
 )
 
 
-def _one_step_multistep(x: torch.Tensor, threshold: torch.Tensor, signed: bool, timesteps: int, constant: bool):
-    """The allocations of :func:`fastsnn.neuron.if_multistep` at its peak, with one step instead of T.
-
-    Every step of the loop allocates the same temporaries and frees them before the next, so
-    the buffers (:func:`~fastsnn.neuron.multistep_buffers`) and one step's temporaries are the
-    whole peak. Keep in step with ``if_multistep``.
-    """
-    from ..neuron import multistep_buffers, step_into
-
-    like = x if constant else x[0]
-    theta, v, count, out, scratch = multistep_buffers(like, threshold, signed, timesteps)
-    step_into(out[0], like, v, count, theta, signed, scratch)
-    return out
-
-
-def _neuron_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-    return _one_step_multistep(x_seq, self.threshold, self.signed, x_seq.shape[0], False)
-
-
-def _neuron_forward_constant(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
-    return _one_step_multistep(x, self.threshold, self.signed, timesteps, True)
-
-
 def meta_like(obj):
     """``obj`` (a tensor, or tuples / lists / dicts of them) as empty meta tensors of the same shapes."""
     if isinstance(obj, torch.Tensor):
@@ -140,20 +102,3 @@ def meta_like(obj):
     if isinstance(obj, dict):
         return {k: meta_like(v) for k, v in obj.items()}
     return obj
-
-
-def available_memory(device: torch.device | str) -> int | None:
-    """Bytes free for new tensors on ``device``: ``torch.cuda.mem_get_info`` on CUDA, the kernel's
-    ``MemAvailable`` (``/proc/meminfo``) on the CPU; None where neither is known."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    if device.type != "cpu":
-        return None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
