@@ -13,6 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fastsnn import ConversionError
+from tasks.chain import run_chain
 from tasks.common.data import DataError
 from tasks.pipeline import run
 from tasks.results import optimized_value
@@ -28,7 +29,8 @@ USER_ERRORS = (SettingsError, DataError, ConversionError)
 def main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        return optimized_value(run(cfg), cfg.get("optimized_metric"))
+        results = run_chain(cfg) if cfg.get("chain") else run(cfg)
+        return optimized_value(results, cfg.get("optimized_metric"))
     except USER_ERRORS as err:
         log.error("%s: %s", type(err).__name__, err)
         if multirun:  # one bad job must not stop the sweep; the sweeper sees a failed trial

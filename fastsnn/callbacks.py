@@ -62,7 +62,8 @@ class SNNConversion(Callback):
             self._inputs.append(module.inputs(batch))
 
     def on_test_epoch_end(self, trainer, module):
-        if module.eval_label == "ann" or not self._inputs:
+        if module.eval_label == "ann" or not self._inputs or not isinstance(module.snn, SpikingModel):
+            self._inputs = []  # the ANN, or another library's SNN under test (a comparison): no statistics
             return
         stats = spike_stats(module.snn, self._inputs)
         label = module.eval_label

@@ -10,6 +10,8 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from tasks.results import PEER_NAMES
+
 log = logging.getLogger(__name__)
 
 
@@ -64,16 +66,19 @@ def close_loggers(loggers: list, results: dict, status: str) -> None:
 
 
 def _log_wandb_results(logger, results: dict) -> None:
-    """The accuracy-vs-time-step curve and the results table, as W&B plots."""
+    """The accuracy-vs-time-step curves and the results table, as W&B plots."""
     import wandb
 
     run = logger.experiment
     metric = results.get("metric", "metric")
-    if results.get("snn_per_step"):
-        table = wandb.Table(columns=["t", metric], data=[[t, v] for t, v in enumerate(results["snn_per_step"], 1)])
-        run.log({f"snn/{metric}_vs_t": wandb.plot.line(table, "t", metric, title=f"SNN {metric} after t steps")})
+    # one curve per SNN pass: after conversion, after fine-tuning, and SpikingJelly's (the compare stage)
+    for label in ("snn", "snn_finetuned", *PEER_NAMES):
+        curve = results.get(f"{label}_per_step")
+        if curve:
+            table = wandb.Table(columns=["t", metric], data=[[t, v] for t, v in enumerate(curve, 1)])
+            run.log({f"{label}_per_step": wandb.plot.line(table, "t", metric, title=f"{label} {metric} after t steps")})
     keys = ["ann", "snn", "snn_finetuned", "spike_rate", "sops", "energy_ratio"]
     run.log({"results": wandb.Table(columns=keys, data=[[results.get(k) for k in keys]])})
-    for key in keys + ["bits", "timesteps"]:
+    for key in keys + ["bits", "timesteps", *PEER_NAMES]:
         if results.get(key) is not None:
             run.summary[key] = results[key]

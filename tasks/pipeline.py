@@ -1,4 +1,4 @@
-"""The stages of a run, shared by every task: train -> convert -> finetune -> results.
+"""The stages of a run, shared by every task: train -> convert -> [compare] -> finetune -> results.
 
 ``build(cfg)`` makes everything a run needs from the Hydra config (data, quantized network,
 task module, trainer, loggers, conversion callback); ``run(cfg)`` runs the requested stages
@@ -25,6 +25,7 @@ from torch import nn
 from fastsnn.callbacks import SNNConversion
 from tasks.base import SNNTaskModule
 from tasks.checkpoints import checkpoint_bits, load_weights
+from tasks.hardware import check_hardware
 from tasks.loggers import close_loggers, make_loggers
 from tasks.results import check_optimized_metric, print_results, record_snn, write_results
 from tasks.settings import FULL_PRECISION, RunSettings, SettingsError, resolve
@@ -67,6 +68,7 @@ def full_precision_weights(quant: DictConfig, bits: int | None) -> dict:
 
 def build(cfg: DictConfig) -> Experiment:
     """Data, quantized network, task module, trainer, loggers and conversion callback of a run."""
+    check_hardware(cfg.trainer)
     settings = resolve(cfg.bits, cfg.timesteps, cfg.stages, checkpoint_bits(cfg.get("ckpt_path")))
     _fill_in(cfg, settings)
     if "train" not in settings.stages and not cfg.get("ckpt_path"):
@@ -74,6 +76,8 @@ def build(cfg: DictConfig) -> Experiment:
             "without the train stage there is nothing to convert: give ckpt_path=<checkpoint "
             "of a train stage> (e.g. logs/.../checkpoints/last.ckpt)"
         )
+    if "compare" in settings.stages:  # SpikingJelly installed and the options valid, before any training
+        instantiate(cfg.compare).check(settings)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
@@ -83,7 +87,7 @@ def build(cfg: DictConfig) -> Experiment:
     quantize = instantiate(cfg.quant, **full_precision_weights(cfg.quant, settings.bits))  # quantize_model, partial
     net = quantize(net, bits=settings.bits)
     module: SNNTaskModule = instantiate(cfg.task.module, net=net, num_classes=datamodule.num_classes)
-    module.run_meta = {**run_names(cfg), "bits": settings.bits}
+    module.run_meta = {**run_names(cfg), "bits": cfg.bits}  # resolved: 32 for full precision
 
     loggers = make_loggers(cfg)
     callbacks = _callbacks(cfg)
@@ -103,6 +107,8 @@ def run(cfg: DictConfig) -> dict:
         **exp.module.run_meta,
         "timesteps": exp.settings.timesteps,
         "signed": bool(cfg.signed),
+        "seed": cfg.seed,
+        "overrides": job_overrides(),  # what tells the jobs of a multirun apart (python -m fastsnn.report)
         "stages": list(stages),
         "metric": exp.module.metric,
         "output_dir": str(exp.out_dir),
@@ -118,6 +124,8 @@ def run(cfg: DictConfig) -> dict:
         evaluate_ann(exp, results)
         if "convert" in stages:
             convert(exp, results)
+        if "compare" in stages:
+            compare(exp, results)
         if "finetune" in stages:
             finetune(exp, results)
         status = "success"
@@ -164,6 +172,12 @@ def convert(exp: Experiment, results: dict) -> None:
         record_snn(results, "snn", evaluate(exp, "snn"), exp.module.metric, exp.settings.timesteps)
 
 
+def compare(exp: Experiment, results: dict) -> None:
+    """SpikingJelly's SNNs of the run's models, each tested as the SNN is, under its own label (tasks/compare.py)."""
+    with _timed(results, "compare"):
+        instantiate(exp.cfg.compare).run(exp, results, lambda label: evaluate(exp, label))
+
+
 def finetune(exp: Experiment, results: dict) -> None:
     """Layer-wise fine-tuning of the SNN, its checkpoint, then its test pass."""
     with _timed(results, "finetune"):
@@ -198,6 +212,11 @@ def run_names(cfg: DictConfig) -> dict:
         "model": choices.get("model", cfg.model.get("name")),
         "data": choices.get("data", cfg.data.get("_target_", "").rsplit(".", 1)[-1]),
     }
+
+
+def job_overrides() -> list[str]:
+    """The job's command-line overrides (``timesteps=7``, ...), or [] outside a Hydra run."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def _callbacks(cfg: DictConfig) -> list:

@@ -16,9 +16,12 @@ from tasks.settings import SettingsError
 log = logging.getLogger(__name__)
 
 SNN_LABELS = ("snn", "snn_finetuned")
+PEER_LABELS = ("unsigned", "stbif", "rate_max", "rate_p999")  # the compare stage's methods (tasks/compare.py)
 HEADLINES = ("snn_finetuned", "snn", "ann")  # the last stage's headline metric first
 NUMERIC_KEYS = (*HEADLINES, "spike_rate", "sops", "energy_ratio")
 STAT_KEYS = ("spike_rate", "sops", "energy_ratio")
+# the compare stage's methods (tasks/compare.py), as the console table names them
+PEER_NAMES = {"stbif": "SJ ST-BIF", "rate_max": "SJ rate, max", "rate_p999": "SJ rate, 99.9%"}
 
 
 def per_step_key(label: str, metric: str, t: int) -> str:
@@ -33,15 +36,16 @@ def record_snn(results: dict, label: str, metrics: dict, metric: str, timesteps:
     results[f"{label}_metrics"] = {k: v for k, v in metrics.items() if k not in per_step_keys}
     per_step = [metrics.get(k) for k in per_step_keys]
     if all(v is not None for v in per_step):
-        results["snn_per_step"] = per_step  # the last SNN pass's curve (after fine-tuning if any)
-    for key in STAT_KEYS:
+        results[f"{label}_per_step"] = per_step  # each pass its own curve: snn_per_step, snn_finetuned_per_step
+    for key in STAT_KEYS if label in SNN_LABELS else ():  # the top-level statistics: our own SNN's
         if f"{label}/{key}" in metrics:
             results[key] = metrics[f"{label}/{key}"]
 
 
 def check_optimized_metric(name: str | None) -> None:
     """Refuse, before any work, an ``optimized_metric`` that no stage can produce (a typo)."""
-    if not name or name in NUMERIC_KEYS or name.split("/", 1)[0] in ("ann", *SNN_LABELS):
+    labels = ("ann", *SNN_LABELS, *PEER_LABELS)
+    if not name or name in (*NUMERIC_KEYS, *PEER_LABELS) or name.split("/", 1)[0] in labels:
         return
     raise SettingsError(
         f"optimized_metric={name!r} is neither a results.json key ({', '.join(NUMERIC_KEYS)}) nor a test "
@@ -57,7 +61,7 @@ def optimized_value(results: dict, name: str | None) -> float | None:
     """
     if not name:
         return None
-    for source in (results, *(results.get(f"{label}_metrics", {}) for label in ("ann", *SNN_LABELS))):
+    for source in (results, *(results.get(f"{label}_metrics", {}) for label in ("ann", *SNN_LABELS, *PEER_LABELS))):
         if source.get(name) is not None:
             return float(source[name])
     fallback = next(key for key in HEADLINES if results.get(key) is not None)
@@ -100,13 +104,44 @@ def print_results(results: dict) -> None:
                 _fmt(m.get(f"{key}/sops"), 3),
                 _fmt(m.get(f"{key}/energy_ratio"), 3),
             )
+    _add_peer_rows(table, results)
     console = Console()
     console.print(table)
-    if results.get("snn_per_step"):
-        curve = " ".join(f"{v:.3f}" for v in results["snn_per_step"])
-        console.print(f"SNN {metric} after t = 1..{results['timesteps']} steps: {curve}")
+    for key, name in (("snn", "SNN"), ("snn_finetuned", "SNN fine-tuned")):
+        if results.get(f"{key}_per_step"):
+            curve = " ".join(f"{v:.3f}" for v in results[f"{key}_per_step"])
+            console.print(f"{name} {metric} after t = 1..{results['timesteps']} steps: {curve}")
+    _print_peer_curves(console, results, metric)
     # one line whatever the terminal width: users copy the path
     console.print(f"results: {results['output_dir']}/results.json", soft_wrap=True, highlight=False)
+
+
+def _add_peer_rows(table: Table, results: dict) -> None:
+    """The compare stage's rows (SpikingJelly's SNNs): their metric only, spike statistics being ours."""
+    compared = results.get("compare")
+    if not compared:
+        return
+    for key, name in PEER_NAMES.items():
+        if key in results:
+            table.add_row(name, _fmt(results.get(key)), "-", "-", "-")
+    steps = compared.get("timesteps", {})
+    about = [f"SJ: SpikingJelly {compared.get('spikingjelly')}"]
+    if "stbif" in steps:
+        about.append(f"ST-BIF: its neuron on the same quantized ANN, T={steps['stbif']}")
+    rate_steps = steps.get("rate_max") or steps.get("rate_p999")
+    if rate_steps:
+        about.append(f"rate: rate coding of the {compared.get('float_model')}, T={rate_steps}")
+    table.caption = "; ".join(about)
+
+
+def _print_peer_curves(console: Console, results: dict, metric: str) -> None:
+    """Each compare method's metric after 1, 2, 4, ... steps and after its last."""
+    for key, name in PEER_NAMES.items():
+        curve = results.get(f"{key}_per_step")
+        if curve:
+            at = sorted({t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t < len(curve)} | {len(curve)})
+            values = " ".join(f"{curve[t - 1]:.3f}" for t in at)
+            console.print(f"{name} {metric} after t = {','.join(map(str, at))}: {values}", soft_wrap=True)
 
 
 def write_results(results: dict, path: Path) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 DEFAULT_BITS = 2
 FULL_PRECISION = 32
-STAGES = ("train", "convert", "finetune")
+STAGES = ("train", "convert", "compare", "finetune")  # compare: optional, SpikingJelly's SNNs (tasks/compare.py)
 
 
 class SettingsError(ValueError):
@@ -40,6 +40,11 @@ def resolve(bits: int | None, timesteps: int | None, stages, checkpoint_bits: in
         raise SettingsError(
             "the finetune stage fine-tunes a converted SNN: use stages=[convert,finetune] "
             "(with ckpt_path=... for a trained checkpoint)"
+        )
+    if "compare" in stages and "convert" not in stages:
+        raise SettingsError(
+            "the compare stage compares SpikingJelly's SNNs with the converted one: use stages=[convert,compare] "
+            "(after train, or with ckpt_path=... for a trained checkpoint)"
         )
     if timesteps is not None and timesteps < 1:
         raise SettingsError(f"timesteps must be >= 1, got {timesteps}")

@@ -1,18 +1,17 @@
-"""benchmarks/model_zoo.py on three small torchvision models at a tiny input: one converts as-is
+"""python -m benchmarks.model_zoo on three small torchvision models at a tiny input: one converts as-is
 (ResNet-18: its stem max pool moves), one needs max_pool='avg' (SqueezeNet), one is refused
-(MobileNet-v3: Hardswish / Hardsigmoid), and the files say so."""
-
-import json
+(MobileNet-v3: Hardswish / Hardsigmoid), and the result says so and where it ran."""
 
 from benchmarks import model_zoo
+from tests.benchmarks.recorded import check_recorded
 from tests.helpers import run_script
 
 TINY = ["--image-size", "32", "--batch", "2", "--calibration-batch", "2", "--calibration-passes", "1", "--repeats", "1"]
 
 
-def test_model_zoo_script_sorts_models_into_as_is_avg_and_refused(tmp_path):
+def test_model_zoo_sorts_models_into_as_is_avg_and_refused(tmp_path):
     models = "resnet18,squeezenet1_1,mobilenet_v3_small"
-    result = run_script(model_zoo.main, ["--models", models, "--out-dir", str(tmp_path), *TINY])
+    result = run_script(model_zoo.main, ["--models", models, "--out-dir", str(tmp_path), "--max-wait", "0", *TINY])
     rows = {r["model"]: r for r in result["models"]}
     assert [rows[m]["status"] for m in models.split(",")] == ["as-is", "max_pool='avg'", "refused"]
     resnet = rows["resnet18"]
@@ -25,14 +24,14 @@ def test_model_zoo_script_sorts_models_into_as_is_avg_and_refused(tmp_path):
     refused = rows["mobilenet_v3_small"]
     assert "Hardsigmoid" in refused["reason"] and "cannot represent" in refused["reason"]
     assert refused["left_alone"] == ["Hardsigmoid", "Hardswish"]
-    saved = json.loads((tmp_path / "model_zoo.json").read_text())
+    saved = check_recorded(tmp_path, "model_zoo", "model_zoo")
     assert [r["model"] for r in saved["models"]] == models.split(",")
     md = (tmp_path / "model_zoo.md").read_text()
-    assert "| resnet18 | as-is | 17 |" in md and "| squeezenet1_1 | max_pool='avg' |" in md
-    assert "| mobilenet_v3_small | refused |" in md
+    assert "| resnet18 | as-is | 17 |" in md and "| squeezenet1_1 | max_pool='avg' | 26 |" in md
+    assert "| mobilenet_v3_small | refused | - |" in md
 
 
 def test_families_and_quick_select_models():
     args = model_zoo.parse_args(["--families", "resnet,vgg", "--quick"])
-    assert model_zoo.select(args) == ["resnet18", "vgg11_bn"]
+    assert model_zoo.select(args) == ["resnet18", "vgg11_bn"] and args.name == "model_zoo_quick"
     assert model_zoo.family("resnext50_32x4d") == "resnext" and model_zoo.family("swin_v2_t") == "swin_v2"

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import fastsnn
-from benchmarks.bench_utils import peak_memory_bytes
+from benchmarks.measure import peak_memory_bytes
 from fastsnn.convert import SpikeConv2d, integer_grid
 
 

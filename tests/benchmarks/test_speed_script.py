@@ -1,46 +1,20 @@
-"""benchmarks/speed.py in a tiny configuration: it runs, writes its JSON and markdown, and the
-numbers in them are the ones it claims (ratios recomputed from the raw times, memory that
-behaves as the simulation modes say). SpikingJelly parts run only where it is installed."""
+"""python -m benchmarks.speed in a tiny configuration: it runs, records where it ran, and the numbers
+in its result are the ones it claims (ratios recomputed from the raw times, memory that behaves as
+the simulation modes say). The SpikingJelly parts run only where it is installed."""
 
-import json
 import math
 
 import pytest
-import torch
 
-from benchmarks import bench_utils, speed
+from benchmarks import speed
+from fastsnn.peers import spikingjelly as peers
+from tests.benchmarks.recorded import check_recorded
 from tests.helpers import run_script
 
-HAVE_SJ = bench_utils.spikingjelly_version() is not None
-TINY = [
-    "--archs",
-    "vgg11",
-    "resnet20",
-    "--width",
-    "0.125",
-    "--batch",
-    "4",
-    "--timesteps",
-    "3",
-    "7",
-    "--repeats",
-    "2",
-    "--train-steps",
-    "2",
-    "--finetune-batches",
-    "1",
-    "--max-wait",
-    "0",
-    "--variants",
-    "fastsnn_default",
-    "fastsnn_eager",
-    "fastsnn_streaming",
-    "fastsnn_contiguous",
-    "sj_single_step",
-    "sj_multi_step",
-    "stbif_single_step",
-    "stbif_multi_step",
-]
+HAVE_SJ = peers.spikingjelly_version() is not None
+OURS = ["fastsnn_default", "fastsnn_eager", "fastsnn_streaming", "fastsnn_contiguous"]
+TINY = ["--archs", "vgg11", "resnet20", "--width", "0.125", "--batch", "4", "--timesteps", "3", "7", "--repeats", "2"]
+TINY += ["--max-wait", "0", "--device", "cpu", "--variants", *OURS, *speed.PEERS]
 # (the torch.compile-d variants would spend most of a minute compiling; tests/core and
 # test_simulator_kernels.py check them)
 
@@ -51,58 +25,53 @@ def run(tmp_path_factory):
     return out, run_script(speed.main, [*TINY, "--out-dir", str(out)])
 
 
-def test_writes_json_and_markdown_with_every_section(run):
+def test_records_the_rows_targets_machine_and_versions(run):
     out, result = run
-    saved = json.loads((out / "speed.json").read_text())
+    saved = check_recorded(out, "speed", "speed")
+    assert set(saved) >= {"inference", "targets", "config"} and saved["config"]["batch"] == 4
     md = (out / "speed.md").read_text()
-    assert set(saved) >= {"environment", "config", "load", "inference", "training", "finetune", "targets", "command"}
-    assert saved["environment"]["device"] == "cpu" and saved["environment"]["torch"] == torch.__version__
-    assert "load_before" in saved["load"] and saved["command"].startswith("python ")
-    for title in ("Inference speed and memory", "Training step", "Layer-wise fine-tuning", "Targets"):
-        assert title in md
-    assert md.count("| vgg11 |") >= 7 and md.count("| resnet20 |") >= 7
+    assert "### Inference speed and memory" in md and "### Targets" in md
+    assert md.count("| vgg11 |") == md.count("| resnet20 |") == len(result["inference"]) // 2
 
 
 def test_every_method_is_measured_at_every_timestep(run):
     rows = run[1]["inference"]
-    peers = {"sj_single_step", "sj_multi_step", "stbif_single_step", "stbif_multi_step"}
-    methods = {"fastsnn_default", "fastsnn_eager", "fastsnn_streaming", "fastsnn_contiguous"} | (
-        peers if HAVE_SJ else set()
-    )
+    methods = set(OURS) | (set(speed.PEERS) if HAVE_SJ else set())
     for arch in ("vgg11", "resnet20"):
         for T in (3, 7):
-            assert {r["method"] for r in rows if r["arch"] == arch and r["T"] == T} == methods
-        assert {r["method"] for r in rows if r["arch"] == arch and r["T"] is None} == {"ann_float", "ann_quant"}
+            group = [r for r in rows if r["arch"] == arch and r["group_T"] == T]
+            assert {r["method"] for r in group if r["T"] == T} == methods
+            assert {r["method"] for r in group if r["T"] is None} == {"ann_float", "ann_quant"}
     for r in rows:
-        assert len(r["times_s"]) >= 2 and all(t > 0 for t in r["times_s"])
+        assert len(r["times_s"]) == 2 and all(t > 0 for t in r["times_s"])
         assert r["min_s"] == min(r["times_s"]) and math.isclose(r["images_per_s"], 4 / r["min_s"])
-        assert r["peak_mem_mb"] > 0
+        assert r["peak_mib"] > 0
+
+
+def test_ratios_are_recomputed_from_the_raw_times_of_the_same_group(run):
+    rows = run[1]["inference"]
+    for r in rows:
+        if r["T"] is None:
+            continue
+        group = {g["method"]: g for g in rows if g["arch"] == r["arch"] and g["group_T"] == r["T"]}
+        assert math.isclose(r["vs_T_x_quant_ann"], r["min_s"] / (r["T"] * min(group["ann_quant"]["times_s"])))
+        if HAVE_SJ:
+            peer = min(min(group[m]["times_s"]) for m in ("sj_single_step", "sj_multi_step"))
+            assert math.isclose(r["vs_spikingjelly"], peer / r["min_s"])
 
 
 @pytest.mark.skipif(not HAVE_SJ, reason="SpikingJelly not installed")
-def test_stbif_gives_our_snns_outputs_and_is_reported(run):
-    out, result = run
-    rows = [r for r in result["inference"] if r["method"].startswith("stbif")]
+def test_stbif_gives_our_snns_outputs(run):
+    rows = [r for r in run[1]["inference"] if r["method"].startswith("stbif")]
     assert len(rows) == 2 * 2 * 2  # 2 archs x 2 T x single / multi-step
     assert all(r["max_abs_diff_vs_fastsnn"] < 1e-4 for r in rows)  # T = 2**bits - 1: the same SNN
-    md = (out / "speed.md").read_text()
-    assert "STBIF (SpikingJelly's STBIFNode on our quantized ANN) vs our SNN" in md
-
-
-def test_ratios_are_recomputed_from_the_raw_times(run):
-    result = run[1]
-    for g in result["groups"]:
-        ann = min(g["times"]["ann_quant"])
-        for r in result["inference"]:
-            if r["arch"] == g["arch"] and r["T"] == g["T"]:
-                assert math.isclose(r["vs_T_x_quant_ann"], r["min_s"] / (g["T"] * ann), rel_tol=1e-9)
 
 
 def test_streaming_memory_does_not_grow_with_t_while_multistep_does(run):
     rows = run[1]["inference"]
 
     def mem(arch, method, T):
-        return next(r["peak_mem_mb"] for r in rows if r["arch"] == arch and r["method"] == method and r["T"] == T)
+        return next(r["peak_mib"] for r in rows if r["arch"] == arch and r["method"] == method and r["T"] == T)
 
     for arch in ("vgg11", "resnet20"):
         assert mem(arch, "fastsnn_streaming", 7) <= 1.05 * mem(arch, "fastsnn_streaming", 3)
@@ -110,55 +79,27 @@ def test_streaming_memory_does_not_grow_with_t_while_multistep_does(run):
         assert mem(arch, "fastsnn_streaming", 7) < mem(arch, "fastsnn_eager", 7)
 
 
-def test_training_and_finetuning_timings(run):
-    result = run[1]
-    train = {(r["arch"], r["model"]): r for r in result["training"]}
-    models = ("float", "quant_a2", "quant_a2_w2_apot", "quant_a2_w2_apot_fused")
-    assert set(train) == {(a, m) for a in ("vgg11", "resnet20") for m in models}
-    assert all(math.isclose(train[(a, "float")]["vs_float"], 1.0) for a in ("vgg11", "resnet20"))
-    ft = result["finetune"]
-    # every neuron layer but the first (constant input): VGG-11 has 8, ResNet-20 19
-    assert len([r for r in ft if r["arch"] == "vgg11"]) == 7 and len([r for r in ft if r["arch"] == "resnet20"]) == 18
-    assert all(r["seconds"] > 0 for r in ft)
-
-
 def test_targets_name_each_requirement(run):
     targets = run[1]["targets"]
     names = " ".join(t["target"] for t in targets)
-    assert "1.1 x T x quantized ANN" in names and "streaming peak memory" in names and "training step" in names
-    assert "training step <= 1.3 x float ANN (fused QuantReLU)" in names
     assert "T=3: SNN time <= 1.1 x T x quantized ANN (fastsnn_default)" in names  # the default is judged
-    assert ("SpikingJelly" in names) == HAVE_SJ
+    assert "streaming peak memory <= 1.5 x quantized ANN" in names
+    assert ("throughput >= 1.5 x SpikingJelly" in names) == HAVE_SJ
     for t in targets:
         assert t["met"] == (t["value"] >= t["limit"] if "throughput" in t["target"] else t["value"] <= t["limit"])
 
 
 def test_runs_without_spikingjelly(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench_utils, "spikingjelly_version", lambda: None)
-    result = run_script(
-        speed.main,
-        [
-            "--archs",
-            "vgg11",
-            "--width",
-            "0.125",
-            "--batch",
-            "2",
-            "--timesteps",
-            "3",
-            "--repeats",
-            "1",
-            "--no-train",
-            "--finetune-timesteps",
-            "--max-wait",
-            "0",
-            "--variants",
-            "fastsnn_eager",
-            "sj_single_step",
-            "--out-dir",
-            str(tmp_path),
-        ],
-    )
-    assert "SpikingJelly not installed: skipped" in capsys.readouterr().err
-    assert result["spikingjelly_skipped"] and not any(r["method"].startswith("sj") for r in result["inference"])
+    monkeypatch.setattr(peers, "spikingjelly_version", lambda: None)
+    argv = ["--archs", "vgg11", "--width", "0.125", "--batch", "2", "--timesteps", "3", "--repeats", "1"]
+    argv += ["--max-wait", "0", "--variants", "fastsnn_eager", "sj_single_step", "--out-dir", str(tmp_path)]
+    result = run_script(speed.main, argv)
+    assert "SpikingJelly skipped: not installed" in capsys.readouterr().err
+    methods = {r["method"] for r in result["inference"]}
+    assert result["spikingjelly_skipped"] and methods == {"ann_float", "ann_quant", "fastsnn_eager"}
     assert (tmp_path / "speed.json").exists()
+
+
+def test_timesteps_must_be_two_to_the_bits_minus_one():
+    with pytest.raises(SystemExit):
+        speed.parse_args(["--timesteps", "5"])

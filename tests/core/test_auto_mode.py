@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 import fastsnn
-from benchmarks.bench_utils import peak_memory_bytes
+from benchmarks.measure import peak_memory_bytes
 from fastsnn.backbones import create_backbone
 from fastsnn.planner import machine
 from fastsnn.planner.simulation import SimulationPlanner

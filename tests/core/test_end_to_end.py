@@ -1,6 +1,6 @@
 """End to end on scikit-learn's digits: quantize (2 bits) -> train -> convert (T=3) -> fine-tune.
 
-For a plain and a residual CNN (benchmarks/digits_models.py), on the held-out test split:
+For a plain and a residual CNN (tests/core/digits.py), on the held-out test split:
 (a) the fine-tuned SNN is within 1.0 accuracy point of the quantized ANN;
 (b) the signed SNN is not worse than the unsigned one;
 (c) layer-wise fine-tuning lowers the per-layer MSE it optimises and never leaves a layer
@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as F
 
 import fastsnn
-from benchmarks.digits_models import accuracy, digits_splits, loader, quantized_model
+from tests.core.digits import accuracy, digits_splits, loader, quantized_model
 
 MEASURE_BATCHES = 4  # layerwise_finetune's default: MSEs are measured on the first 4 batches
 

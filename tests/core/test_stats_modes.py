@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastsnn
-from benchmarks.bench_utils import peak_memory_bytes
+from benchmarks.measure import peak_memory_bytes
 from fastsnn.backbones import create_backbone
 from tests.helpers import randomize_bn
 

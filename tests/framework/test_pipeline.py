@@ -22,6 +22,9 @@ RESULT_KEYS = {
     "snn",
     "snn_finetuned",
     "snn_per_step",
+    "snn_finetuned_per_step",
+    "seed",
+    "overrides",
     "spike_rate",
     "sops",
     "energy_ratio",
@@ -35,7 +38,11 @@ def test_default_run_trains_converts_finetunes_and_writes_results(make_config):
     assert RESULT_KEYS <= saved.keys()
     assert saved["task"] == "classification" and saved["model"] == "vgg11" and saved["data"] == "digits"
     assert saved["metric"] == "acc" and saved["bits"] == 2 and saved["timesteps"] == 3 and saved["signed"] is True
-    assert len(saved["snn_per_step"]) == 3 and saved["snn_per_step"][-1] == pytest.approx(saved["snn_finetuned"])
+    # each SNN pass keeps its own curve: the converted SNN's is not overwritten by the fine-tuned one's
+    assert len(saved["snn_per_step"]) == 3 and saved["snn_per_step"][-1] == pytest.approx(saved["snn"])
+    assert len(saved["snn_finetuned_per_step"]) == 3
+    assert saved["snn_finetuned_per_step"][-1] == pytest.approx(saved["snn_finetuned"])
+    assert saved["seed"] == cfg.seed and "debug=tiny" in saved["overrides"]
     for key in ("ann", "snn", "snn_finetuned", "spike_rate"):
         assert 0.0 <= saved[key] <= 1.0
     assert saved["sops"] > 0 and 0 < saved["energy_ratio"]
@@ -88,7 +95,7 @@ def test_convert_without_a_checkpoint_is_a_clear_error(make_config):
 
 def test_progressive_training_starts_from_another_bit_width(make_config, caplog):
     full = run(make_config("bits=32", "stages=[train]", name="fp"))
-    assert full["bits"] is None
+    assert full["bits"] == 32  # full precision, as the user wrote it
     caplog.set_level(logging.INFO)
     quant = run(make_config("bits=4", f"init_from={full['checkpoint']}", "stages=[train,convert]", name="q4"))
     assert quant["bits"] == 4 and quant["timesteps"] == 15

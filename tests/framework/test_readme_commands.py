@@ -4,7 +4,9 @@ Each command runs in a subprocess, as a user types it, with `debug=tiny` and a f
 overrides appended (a narrow model, tiny synthetic splits, no loader workers, one CPU
 process for the recipes' GPU trainers). Commands on data sets that are not on this machine
 run against fixtures written in the real formats; the placeholder `logs/...` is filled
-in with the latest earlier run of the same block that has the file it names.
+in with the latest earlier run of the same block that has the file it names. A command that
+asks for GPUs this machine does not have must stop at once, saying so and naming the CPU
+override; it then runs with that override.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from tasks.hardware import gpus_wanted
 from tests.classification.test_data import write_cifar10
 from tests.classification.test_fashion_mnist import write_fashion
 from tests.detection.conftest import VOC_IMAGES, write_voc
@@ -33,7 +37,6 @@ NOT_RUN = {
         "submits jobs to a SLURM cluster (submitit); there is none here. Its config composes in "
         "tests/framework/test_configs.py::test_sweeper_and_slurm_launcher_configs_compose"
     ),
-    "python run.py trainer=ddp trainer.devices=4": "needs 4 GPUs",
     "python run.py trainer=ddp_cpu": (
         "the same 2-process DDP run is tests/framework/test_cli.py::test_two_process_ddp_trains_converts_and_finetunes"
     ),
@@ -42,7 +45,23 @@ CPU_TRAINER = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.strategy
 STAGE_KEYS = {
     "train": {"ann", "checkpoint"},
     "convert": {"ann", "snn", "snn_metrics", "snn_per_step", "spike_rate", "sops", "energy_ratio"},
-    "finetune": {"snn_finetuned", "snn_finetuned_metrics", "finetune_layers", "snn_checkpoint"},
+    "compare": {
+        "unsigned",
+        "unsigned_per_step",
+        "stbif",
+        "stbif_per_step",
+        "rate_max",
+        "rate_max_per_step",
+        "rate_p999",
+        "rate_p999_per_step",
+    },
+    "finetune": {
+        "snn_finetuned",
+        "snn_finetuned_metrics",
+        "snn_finetuned_per_step",
+        "finetune_layers",
+        "snn_checkpoint",
+    },
 }
 
 
@@ -112,9 +131,25 @@ def _expected_keys(args: list[str]) -> set[str]:
     return set().union(*(STAGE_KEYS[s] for s in stages or ("train", "convert", "finetune")))
 
 
-def _results(out_dir: Path, multirun: bool) -> list[dict]:
-    files = sorted(out_dir.glob("*/results.json")) if multirun else [out_dir / "results.json"]
-    return [json.loads(f.read_text()) for f in files if f.is_file()]
+def _results(out_dir: Path, args: list[str]) -> list[tuple[dict, set[str]]]:
+    """Each results.json the command wrote, with the keys it must have."""
+    chain = next((a.split("=", 1)[1].strip("[]").split(",") for a in args if a.startswith("chain=")), None)
+    if chain:  # one run per bit width; the full-precision one only trains
+        files = [out_dir / f"b{b}" / "results.json" for b in chain]
+        expected = [STAGE_KEYS["train"] if b == "32" else _expected_keys(args) for b in chain]
+    else:
+        files = sorted(out_dir.glob("*/results.json")) if "-m" in args else [out_dir / "results.json"]
+        expected = [_expected_keys(args)] * len(files)
+    return [(json.loads(f.read_text()), keys) for f, keys in zip(files, expected) if f.is_file()]
+
+
+def _wants_gpus(args: list[str], out_dir: Path) -> bool:
+    return not torch.cuda.is_available() and gpus_wanted(compose_config(out_dir, *_one_job(args)).trainer) > 0
+
+
+def _run(argv: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "run.py"), *argv]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
 def test_the_not_run_list_names_only_readme_commands():
@@ -133,22 +168,27 @@ def test_readme_commands_run_as_written(tmp_path, block):
             continue
         args = _fill_placeholders(shlex.split(command)[2:], earlier)
         out_dir = tmp_path / "runs" / str(i)
-        multirun = "-m" in args
-        where = f"hydra.sweep.dir={out_dir}" if multirun else f"hydra.run.dir={out_dir}"
+        where = f"hydra.sweep.dir={out_dir}" if "-m" in args else f"hydra.run.dir={out_dir}"
+        if _wants_gpus(args, out_dir):  # as written: stops before any work, naming the CPU override
+            proc = _run([*args, where], tmp_path, env)
+            said = proc.stdout + proc.stderr
+            assert proc.returncode == 2 and "GPU(s)" in said and "trainer=cpu" in said, said[-2000:]
         argv = [*args, *_size_overrides(args, out_dir), where]
-        proc = subprocess.run(
-            [sys.executable, str(ROOT / "run.py"), *argv],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+        proc = _run(argv, tmp_path, env)
         print(f"exit {proc.returncode}: {command}")  # the list in a session's note (pytest -s)
         assert proc.returncode == 0, f"{command}\n(run as: {shlex.join(argv)})\n{proc.stderr[-3000:]}"
-        results = _results(out_dir, multirun)
+        results = _results(out_dir, args)
         assert results, f"{command}: no results.json in {out_dir}"
-        for res in results:
-            missing = _expected_keys(args) - {k for k, v in res.items() if v is not None}
+        for res, keys in results:
+            missing = keys - {k for k, v in res.items() if v is not None}
             assert not missing, f"{command}: results.json lacks {sorted(missing)}"
         earlier.append(out_dir)
+
+
+def test_the_python_api_example_runs_as_written():
+    text = README.read_text()
+    section = text[text.index("## The Python API") :]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "README.md (The Python API)", "exec"), namespace)
+    assert namespace["steps"].shape[0] == namespace["snn"].timesteps == 3

@@ -43,6 +43,18 @@ def test_per_step_keys_are_dropped_but_top5_is_kept():
     assert results["snn_per_step"] == [0.1, 0.2, 0.3] and results["snn"] == 0.9 and results["spike_rate"] == 0.2
 
 
+def test_each_snn_pass_keeps_its_own_per_step_curve():
+    results = {}
+    for label, scale in (("snn", 1), ("snn_finetuned", 2)):
+        metrics = {
+            f"{label}/test_acc": 0.3 * scale,
+            **{f"{label}/test_acc_t{t:02d}": t * scale / 10 for t in (1, 2, 3)},
+        }
+        record_snn(results, label, metrics, "acc", timesteps=3)
+    assert results["snn_per_step"] == [0.1, 0.2, 0.3]  # the converted SNN's, not overwritten
+    assert results["snn_finetuned_per_step"] == [0.2, 0.4, 0.6]
+
+
 def test_the_sweepers_metric_falls_back_to_the_last_stage_that_ran(caplog):
     trained_only = {"stages": ["train"], "ann": 0.8, "ann_metrics": {"ann/test_acc": 0.8}}
     assert optimized_value(trained_only, "ann/test_acc") == 0.8 and not caplog.records
