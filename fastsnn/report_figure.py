@@ -59,7 +59,8 @@ def _panel(ax, row, methods: list[str], metric: str) -> None:
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))  # 1, 2, 4, ... rather than 2^0, 2^1, ...
     else:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10], min_n_ticks=1))
+        ax.set_xlim(0.5, max(lengths, default=1) + 0.5)  # also a one-step curve (T = 1): whole-number ticks
     ax.set_xlabel("time step t")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
