@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 
 import torch
@@ -13,15 +14,26 @@ from tasks.settings import SettingsError
 log = logging.getLogger(__name__)
 
 
-def load_checkpoint(path: str) -> dict:
-    """A Lightning checkpoint of this project, or a :class:`SettingsError` saying what is wrong."""
+def load_checkpoint(path: str, map_location="cpu", lightning: bool = False) -> dict:
+    """A checkpoint's tensors and plain data, or a :class:`SettingsError` saying what is wrong.
+
+    Loaded with ``weights_only=True``: a file that carries other pickled objects (which could run
+    code when unpickled) is refused, and nothing in it runs. ``lightning``: it must be a Lightning
+    checkpoint of this project (a ``state_dict``).
+    """
     if not Path(path).is_file():
         raise SettingsError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise SettingsError(
+            f"refused to open {path}: it carries pickled Python objects besides tensors and plain data, which "
+            f"could run code when loaded ({str(err).splitlines()[0]}). If you trust the file, load it yourself "
+            "with torch.load(path) and weights_only set to False, then save its tensors (e.g. its state_dict) to a new file"
+        ) from err
     except Exception as err:
         raise SettingsError(f"cannot read checkpoint {path}: {err}") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+    if lightning and (not isinstance(ckpt, dict) or "state_dict" not in ckpt):
         raise SettingsError(f"{path} is not a Lightning checkpoint of this project (no 'state_dict')")
     return ckpt
 
@@ -30,7 +42,7 @@ def checkpoint_bits(path: str | None) -> int | None:
     """Activation bits stored in a checkpoint of ours (None when unknown or full precision)."""
     if not path:
         return None
-    return load_checkpoint(path).get("fastsnn", {}).get("bits")
+    return load_checkpoint(path, lightning=True).get("fastsnn", {}).get("bits")
 
 
 def load_weights(net: nn.Module, path: str, partial: bool = False) -> None:
@@ -39,7 +51,11 @@ def load_weights(net: nn.Module, path: str, partial: bool = False) -> None:
     ``partial`` (``init_from``): another bit width's checkpoint; parameters it lacks (e.g.
     weight-quantizer clips when starting from full precision) keep their initial values.
     """
-    state = {k[len("net.") :]: v for k, v in load_checkpoint(path)["state_dict"].items() if k.startswith("net.")}
+    state = {
+        k[len("net.") :]: v
+        for k, v in load_checkpoint(path, lightning=True)["state_dict"].items()
+        if k.startswith("net.")
+    }
     own = net.state_dict()
     wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if wrong:

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from fastsnn.finetune import LayerReport, layerwise_finetune
 from fastsnn.protocol import SpikingTask
+from tasks.checkpoints import load_checkpoint
 
 
 class _Limited:
@@ -151,7 +152,7 @@ class FineTuningStage:
         """The layer to start from and the reports so far (from ``resume``, or a fresh start)."""
         if not self.resume:
             return 0, []
-        state = torch.load(self.resume, map_location=device, weights_only=False)
+        state = load_checkpoint(self.resume, map_location=device)
         snn = module.snn
         if state["timesteps"] != snn.timesteps or state["signed"] != snn.signed:
             raise ValueError(
@@ -159,7 +160,7 @@ class FineTuningStage:
                 f"run has T={snn.timesteps}, signed={snn.signed}; use the same settings to resume."
             )
         snn.load_state_dict(state["snn"])
-        return state["next_layer"], state["reports"]
+        return state["next_layer"], [LayerReport(**r) for r in state["reports"]]
 
     def _progress(self, loader, description: str):
         return tqdm(loader, desc=f"fine-tune {description}", leave=False, disable=not self.progress, dynamic_ncols=True)
@@ -186,7 +187,7 @@ class FineTuningStage:
         state = {
             "snn": snn.state_dict(),
             "next_layer": next_layer,
-            "reports": done,
+            "reports": [vars(r) for r in done],  # plain data: the file loads with weights_only=True
             "timesteps": snn.timesteps,
             "signed": snn.signed,
         }
