@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from fastsnn import SpikingModel
+from tasks.common.seeding import STEP, seed_all
 from tasks.results import per_step_key
 
 
@@ -44,7 +45,7 @@ class SNNTaskModule(L.LightningModule):
         self.val_metrics = self.make_metrics()
         self.test_metrics = self.make_metrics()
         self.step_metrics = nn.ModuleList()
-        self.run_meta: dict = {}  # task, model, data, bits: stored in every checkpoint
+        self.run_meta: dict = {}  # task, model, data, bits, seed: stored in every checkpoint
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["fastsnn"] = dict(self.run_meta)
@@ -66,6 +67,16 @@ class SNNTaskModule(L.LightningModule):
     # ----------------------------------------------------------------- training
     def forward(self, x):
         return self.net(x)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        """Reseed from (seed, epoch, batch, rank): a step's random draws (dropout) are then the same
+        in a run resumed from a checkpoint, which carries no generator states. Not the global step,
+        which batches accumulated into one optimizer step share; the rank, so that DDP processes
+        draw differently. Without a run seed (a module trained outside tasks.pipeline) nothing is reseeded.
+        """
+        seed = self.run_meta.get("seed")
+        if seed is not None:
+            seed_all(STEP, seed, self.current_epoch, batch_idx, self.global_rank, cuda=True)
 
     def training_step(self, batch, batch_idx):
         outputs = self.net(self.inputs(batch))

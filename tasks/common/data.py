@@ -7,30 +7,37 @@ raises :class:`DataError` explaining what is missing, the layout it expects and 
 build the dataset of a split (``_dataset(split)``) and, if not torch's default, how to batch it
 (``collate_fn(split)``); the base builds each split once, on first use, and makes the loaders
 with the same settings everywhere (``batch_size``, ``eval_batch_size``, ``num_workers``,
-``pin_memory``; persistent, seeded workers).
+``pin_memory``; persistent workers).
+
+Training data is drawn so that a run resumed from a checkpoint sees what the uninterrupted run saw
+(:mod:`tasks.common.seeding`): :class:`EpochSampler` orders each epoch by (seed, epoch), and
+:class:`SeededSamples` seeds the random generators from (seed, epoch, index) before a sample is
+read and augmented, in whichever process, so ``num_workers`` does not change the numbers either.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from tasks.common.seeding import ORDER, SAMPLE, derived_seed, seed_all
 
 __all__ = [
     "DataError",
     "DataModule",
+    "EpochSampler",
     "SPLITS",
+    "SeededSamples",
     "data_error",
     "flip_probability",
     "make_loader",
     "require_paths",
-    "seed_worker",
 ]
 
 
@@ -82,39 +89,74 @@ def require_paths(
     return paths
 
 
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed numpy and ``random`` from the worker's torch seed.
+class EpochSampler(DistributedSampler):
+    """This rank's share of a data set's indices, in an order that is a function of (seed, epoch).
 
-    PyTorch seeds each worker's torch RNG but not numpy/``random``, so without this every worker
-    would produce the same numpy-based augmentation.
+    Yields ``(epoch, index)`` pairs for :class:`SeededSamples`: a loader worker cannot see the
+    sampler's epoch, so each sample carries it. Lightning's fit loop calls :meth:`set_epoch` at
+    each epoch start. It shards by rank as ``DistributedSampler`` does (the order padded to a
+    multiple of ``replicas``, then every ``replicas``-th index from ``rank``); being one, Lightning
+    uses it as it is under DDP instead of wrapping it in a sampler whose own epoch could not be set
+    before a resumed run's first iterator (:meth:`DataModule._training_position`).
     """
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
+
+    def __init__(self, size: int, seed: int, epoch: int = 0, rank: int = 0, replicas: int = 1) -> None:
+        super().__init__(range(size), num_replicas=replicas, rank=rank, shuffle=True, seed=seed)
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(derived_seed(ORDER, self.seed, self.epoch))
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        order = (order * math.ceil(self.total_size / max(len(order), 1)))[: self.total_size]
+        return ((self.epoch, i) for i in order[self.rank :: self.num_replicas])
+
+
+class SeededSamples(Dataset):
+    """``dataset[index]`` for an ``(epoch, index)`` key, read with torch's (CPU), numpy's and
+    ``random``'s generators seeded from (seed, epoch, index): a sample's augmentation is the same
+    in the main process and in any worker, and in a resumed run. A collate function that draws
+    (multi-scale batches) draws from the state the batch's last sample left, the same everywhere.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        seed_all(SAMPLE, self.seed, epoch, index)
+        return self.dataset[index]
 
 
 def make_loader(
     dataset: Dataset,
     batch_size: int,
     *,
-    shuffle: bool,
+    sampler: EpochSampler | None = None,
     num_workers: int = 0,
     pin_memory: bool = False,
     drop_last: bool = False,
     collate_fn=None,
 ) -> DataLoader:
-    """DataLoader with the project's conventions (persistent, seeded workers when ``num_workers > 0``)."""
+    """DataLoader with the project's conventions (persistent workers when ``num_workers > 0``).
+
+    ``sampler``: for training, the order of each epoch; the samples are then read through
+    :class:`SeededSamples`. ``None``: the samples in order, as evaluation reads them.
+    """
+    if sampler is not None:
+        dataset = SeededSamples(dataset, sampler.seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=sampler,
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=drop_last,
         collate_fn=collate_fn,  # None: torch's default
         # Re-spawning workers every epoch is slow for small epochs (CIFAR, digits).
         persistent_workers=num_workers > 0,
-        worker_init_fn=seed_worker if num_workers > 0 else None,
     )
 
 
@@ -149,14 +191,18 @@ class DataModule(L.LightningDataModule):
         batch_size: training batch size; training batches are shuffled.
         eval_batch_size: validation / test batch size (``None``: ``batch_size``).
         num_workers: loader worker processes; with more than 0 they are persistent (kept across
-            epochs) and seed numpy / ``random`` per worker (:func:`seed_worker`).
+            epochs). The numbers do not depend on it (:class:`SeededSamples`).
         pin_memory: page-locked batches, for faster copies to a GPU.
+
+    ``seed`` (an attribute, 0 unless set; :func:`tasks.pipeline.build` sets the run's): the
+    training order of each epoch and every sample's augmentation are functions of it.
 
     ``drop_last_train = True`` (a class attribute) drops the last incomplete training batch when
     the split holds more than one batch.
     """
 
     drop_last_train = False
+    seed = 0
 
     def __init__(
         self, batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0, pin_memory: bool = False
@@ -215,12 +261,24 @@ class DataModule(L.LightningDataModule):
         return make_loader(
             dataset,
             self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            sampler=EpochSampler(len(dataset), self.seed, *self._training_position()) if train else None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             drop_last=train and self.drop_last_train and len(dataset) > self.batch_size,
             collate_fn=self.collate_fn(split),
         )
+
+    def _training_position(self) -> tuple[int, int, int]:
+        """The epoch the trainer's fit loop runs next, this process's rank and the number of ranks.
+
+        The epoch, because Lightning makes the first epoch's iterator (with workers: sends out its
+        first indices) before it calls ``set_epoch``, and in a resumed run that epoch is not 0; it
+        is the value Lightning then passes to ``set_epoch``. Without a trainer: (0, 0, 1).
+        """
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0, 1
+        return trainer.fit_loop.epoch_progress.current.processed, trainer.global_rank, trainer.world_size
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

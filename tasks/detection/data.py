@@ -391,6 +391,8 @@ class MultiScaleCollate:
 
     def __call__(self, batch):
         images, targets = collate(batch)
+        # `random` as the batch's last sample left it (tasks.common.data.SeededSamples seeds each one):
+        # the same size in any worker and in a resumed run.
         size = random.choice(self.sizes)
         h, w = images.shape[-2:]
         if (h, w) != (size, size):

@@ -74,7 +74,7 @@ def test_digits_batches_and_normalisation(digits):
     xv, _ = next(iter(digits.val_dataloader()))
     assert xv.shape[1:] == (1, 32, 32)
     # Train loader shuffles, val does not.
-    assert digits.train_dataloader().sampler.__class__.__name__ == "RandomSampler"
+    assert digits.train_dataloader().sampler.__class__.__name__ == "EpochSampler"
     assert digits.val_dataloader().sampler.__class__.__name__ == "SequentialSampler"
 
 

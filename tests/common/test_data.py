@@ -61,7 +61,7 @@ def test_loaders_share_the_settings_batch_sizes_and_collate_per_split():
     dm = Toy(batch_size=4, eval_batch_size=3, num_workers=0)
     train, val, test = dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()
     assert (train.batch_size, val.batch_size, test.batch_size) == (4, 3, 3)
-    assert type(train.sampler).__name__ == "RandomSampler" and type(val.sampler).__name__ == "SequentialSampler"
+    assert type(train.sampler).__name__ == "EpochSampler" and type(val.sampler).__name__ == "SequentialSampler"
     assert next(iter(train))[0] == "custom"  # the split's collate_fn
     assert isinstance(next(iter(val))[0], torch.Tensor) and len(next(iter(val))[0]) == 3
     assert not train.drop_last and len(list(train)) == 3
