@@ -10,6 +10,7 @@ from .finetune import LayerReport, layerwise_finetune
 from .neuron import IFNeuron
 from .quantize import quantize_model
 from .quantizers import QuantConv2d, QuantLinear, QuantReLU
+from .saved import load_snn, read_snn, save_snn
 from .stats import spike_stats
 
 __all__ = [
@@ -23,8 +24,11 @@ __all__ = [
     "SpikingModel",
     "convert_to_snn",
     "layerwise_finetune",
+    "load_snn",
     "quantize_model",
+    "read_snn",
     "register_linear_function",
     "register_linear_module",
+    "save_snn",
     "spike_stats",
 ]

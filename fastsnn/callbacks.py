@@ -44,7 +44,8 @@ class SNNConversion(Callback):
         self.last_stats: dict | None = None
 
     def convert(self, module: SpikingTask) -> SpikingModel:
-        snn = convert_to_snn(module.net, self.simulation)
+        with torch.inference_mode(False):  # called from a test pass too: the SNN's weights stay normal tensors
+            snn = convert_to_snn(module.net, self.simulation)
         module.set_snn(snn.to(module.device))
         return snn
 

@@ -1,4 +1,5 @@
-"""Reading the checkpoints of a train stage: their bit width and their network weights."""
+"""Reading checkpoints: a train stage's (their bit width and network weights), and other weights
+to start training from (``init_from``: a plain state dict, torchvision's files, other frameworks')."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fastsnn.weights import WeightMatch, load_matching, network_state
 from tasks.settings import SettingsError
 
 log = logging.getLogger(__name__)
@@ -45,17 +47,23 @@ def checkpoint_bits(path: str | None) -> int | None:
     return load_checkpoint(path, lightning=True).get("fastsnn", {}).get("bits")
 
 
-def load_weights(net: nn.Module, path: str, partial: bool = False) -> None:
-    """Load a checkpoint's network weights (the task module's ``net.*`` entries) into ``net``.
+def load_weights(net: nn.Module, path: str, partial: bool = False) -> WeightMatch | None:
+    """Load a checkpoint's network weights into ``net``.
 
-    ``partial`` (``init_from``): another bit width's checkpoint; parameters it lacks (e.g.
-    weight-quantizer clips when starting from full precision) keep their initial values.
+    ``partial`` (``init_from``): the file may be another bit width's checkpoint of this project
+    (parameters it lacks, e.g. weight-quantizer clips when starting from full precision, keep their
+    initial values), or any other file of weights (:func:`load_foreign_weights`, whose report is
+    returned). Without ``partial`` (``ckpt_path``) it must be a checkpoint of this project.
     """
-    state = {
-        k[len("net.") :]: v
-        for k, v in load_checkpoint(path, lightning=True)["state_dict"].items()
-        if k.startswith("net.")
-    }
+    ckpt = load_checkpoint(path)
+    if not (isinstance(ckpt, dict) and "fastsnn" in ckpt and "state_dict" in ckpt):
+        if partial:
+            return load_foreign_weights(net, ckpt, path)
+        raise SettingsError(
+            f"{path} is not a checkpoint of this project's train stage: ckpt_path= needs one; to start training "
+            "from other weights (a state dict, torchvision's, another framework's), use init_from="
+        )
+    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     own = net.state_dict()
     wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if wrong:
@@ -66,3 +74,15 @@ def load_weights(net: nn.Module, path: str, partial: bool = False) -> None:
     missing, unexpected = net.load_state_dict(state, strict=not partial)
     if partial and (missing or unexpected):
         log.info("init_from %s: kept initial values for %s; ignored %s", path, missing, unexpected)
+    return None
+
+
+def load_foreign_weights(net: nn.Module, ckpt, path: str) -> WeightMatch:
+    """The tensors of another tool's file that fit ``net`` by name and shape; a file that fits none
+    stops the run (:func:`fastsnn.weights.load_matching`)."""
+    try:
+        match = load_matching(net, network_state(ckpt, path), f"init_from={path}")
+    except ValueError as err:
+        raise SettingsError(str(err)) from err
+    log.info("%s", match.summary())
+    return match

@@ -23,12 +23,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from fastsnn.callbacks import SNNConversion
+from fastsnn.saved import SavedSNN, save_snn
 from tasks.base import SNNTaskModule
 from tasks.checkpoints import checkpoint_bits, load_weights
 from tasks.hardware import check_hardware
 from tasks.loggers import close_loggers, make_loggers
+from tasks.recipe import Recipe, check_saved_snn, net_builder, quant_options, read_saved_snn
 from tasks.results import check_optimized_metric, print_results, record_snn, write_results
-from tasks.settings import FULL_PRECISION, RunSettings, SettingsError, resolve
+from tasks.settings import DEFAULT_BITS, FULL_PRECISION, RunSettings, SettingsError, resolve
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class Experiment:
     loggers: list
     conversion: SNNConversion | None  # None when the run does not convert
     out_dir: Path
+    recipe: Recipe  # how the network is built and quantized: saved with the SNN
+    saved_snn: nn.Module | None = None  # stages=[evaluate]: the SNN of snn_path
 
     @property
     def net(self) -> nn.Module:
@@ -52,26 +56,13 @@ class Experiment:
         return self.module.net
 
 
-def full_precision_weights(quant: DictConfig, bits: int | None) -> dict:
-    """Overrides of ``cfg.quant`` for a stage at ``bits``: at full precision (``bits`` None) an integer
-    ``weight_bits`` is ignored, with a warning, so that the float stage keeps float weights."""
-    weight_bits = quant.get("weight_bits")
-    if bits is not None or weight_bits in (None, "same"):
-        return {}
-    log.warning(
-        "quant.weight_bits=%s is ignored at bits=32: the full-precision stage keeps float weights "
-        "(they are quantized from the next stage on, with init_from=...)",
-        weight_bits,
-    )
-    return {"weight_bits": None}
-
-
 def build(cfg: DictConfig) -> Experiment:
     """Data, quantized network, task module, trainer, loggers and conversion callback of a run."""
     check_hardware(cfg.trainer)
-    settings = resolve(cfg.bits, cfg.timesteps, cfg.stages, checkpoint_bits(cfg.get("ckpt_path")))
+    saved = read_saved_snn(cfg)  # stages=[evaluate]: the SNN file, rebuilt
+    settings = _settings(cfg, saved)
     _fill_in(cfg, settings)
-    if "train" not in settings.stages and not cfg.get("ckpt_path"):
+    if not {"train", "evaluate"} & set(settings.stages) and not cfg.get("ckpt_path"):
         raise SettingsError(
             "without the train stage there is nothing to convert: give ckpt_path=<checkpoint "
             "of a train stage> (e.g. logs/.../checkpoints/last.ckpt)"
@@ -80,20 +71,41 @@ def build(cfg: DictConfig) -> Experiment:
         instantiate(cfg.compare).check(settings)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True)
+    seed = L.seed_everything(cfg.seed, workers=True)  # the seed used (cfg.seed null: a random one)
 
     datamodule = instantiate(cfg.data)
-    net = instantiate(cfg.model.net, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
-    quantize = instantiate(cfg.quant, **full_precision_weights(cfg.quant, settings.bits))  # quantize_model, partial
-    net = quantize(net, bits=settings.bits)
+    datamodule.seed = seed  # its training order and augmentation are functions of it (resumable)
+    net, recipe = _network(cfg, saved, datamodule, settings)
     module: SNNTaskModule = instantiate(cfg.task.module, net=net, num_classes=datamodule.num_classes)
-    module.run_meta = {**run_names(cfg), "bits": cfg.bits}  # resolved: 32 for full precision
+    # bits resolved (32: full precision); seed: the training steps reseed from it (resumable)
+    module.run_meta = {**run_names(cfg), "bits": cfg.bits, "seed": seed}
+    if saved is not None:
+        module.run_meta["model"] = saved.meta.get("model", module.run_meta["model"])
+        saved.snn.timesteps = settings.timesteps
 
     loggers = make_loggers(cfg)
     callbacks = _callbacks(cfg)
     conversion = _conversion_callback(callbacks, settings)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    return Experiment(cfg, settings, datamodule, module, trainer, loggers, conversion, out_dir)
+    saved_snn = saved.snn if saved is not None else None
+    return Experiment(cfg, settings, datamodule, module, trainer, loggers, conversion, out_dir, recipe, saved_snn)
+
+
+def _settings(cfg: DictConfig, saved: SavedSNN | None) -> RunSettings:
+    """The run's bits, T and stages; a saved SNN's bits and T are the file's (``timesteps=`` may change T)."""
+    if saved is None:
+        bits_of_checkpoint = checkpoint_bits(cfg.get("ckpt_path"))
+        return resolve(cfg.bits, cfg.timesteps, cfg.stages, bits_of_checkpoint, cfg.get("default_bits", DEFAULT_BITS))
+    return resolve(saved.quant["bits"] or FULL_PRECISION, cfg.timesteps or saved.snn.timesteps, cfg.stages)
+
+
+def _network(cfg: DictConfig, saved: SavedSNN | None, datamodule, settings: RunSettings) -> tuple[nn.Module, Recipe]:
+    """The quantized ANN (built from the config, or the saved SNN's) and the recipe that rebuilds it."""
+    if saved is not None:
+        return check_saved_snn(saved, cfg, datamodule), Recipe(saved.builder, saved.quant)
+    recipe = Recipe(net_builder(cfg.model.net, datamodule), quant_options(cfg.quant, settings.bits))
+    net = instantiate(cfg.model.net, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels)
+    return instantiate(cfg.quant, **recipe.quant)(net), recipe  # quantize_model (a partial), bits included
 
 
 def run(cfg: DictConfig) -> dict:
@@ -119,9 +131,11 @@ def run(cfg: DictConfig) -> dict:
     try:
         if "train" in stages:
             train(exp, results)
-        else:
+        elif "evaluate" not in stages:
             load(exp, results)
         evaluate_ann(exp, results)
+        if "evaluate" in stages:
+            evaluate_saved(exp, results)
         if "convert" in stages:
             convert(exp, results)
         if "compare" in stages:
@@ -144,7 +158,9 @@ def train(exp: Experiment, results: dict) -> None:
     """Fit the quantized ANN, then continue with the best checkpoint's weights."""
     with _timed(results, "train"):
         if exp.cfg.get("init_from"):
-            load_weights(exp.net, exp.cfg.init_from, partial=True)
+            match = load_weights(exp.net, exp.cfg.init_from, partial=True)
+            if match is not None:  # weights from another tool: what was loaded, what was not
+                results["init_from"] = match.as_dict()
         exp.trainer.fit(exp.module, datamodule=exp.datamodule, ckpt_path=exp.cfg.get("ckpt_path"))
         best = _best_checkpoint(exp.trainer)
         if best:
@@ -172,6 +188,14 @@ def convert(exp: Experiment, results: dict) -> None:
         record_snn(results, "snn", evaluate(exp, "snn"), exp.module.metric, exp.settings.timesteps)
 
 
+def evaluate_saved(exp: Experiment, results: dict) -> None:
+    """The test pass of a saved SNN (``stages=[evaluate] snn_path=...``)."""
+    results["snn_path"] = exp.cfg.snn_path
+    exp.module.set_snn(exp.saved_snn.to(exp.module.device))
+    with _timed(results, "test_snn"):
+        record_snn(results, "snn", evaluate(exp, "snn"), exp.module.metric, exp.settings.timesteps)
+
+
 def compare(exp: Experiment, results: dict) -> None:
     """SpikingJelly's SNNs of the run's models, each tested as the SNN is, under its own label (tasks/compare.py)."""
     with _timed(results, "compare"):
@@ -185,7 +209,7 @@ def finetune(exp: Experiment, results: dict) -> None:
         reports = stage.run(exp.module, exp.datamodule, exp.loggers)
         results["finetune_layers"] = [vars(r) for r in reports]
         if exp.trainer.is_global_zero:
-            results["snn_checkpoint"] = str(_save_snn(exp.module, exp.out_dir / "checkpoints" / "snn_finetuned.pt"))
+            results["snn_checkpoint"] = str(_save_snn(exp, exp.out_dir / "checkpoints" / "snn_finetuned.pt"))
     with _timed(results, "test_snn_finetuned"):
         metrics = evaluate(exp, "snn_finetuned")
         record_snn(results, "snn_finetuned", metrics, exp.module.metric, exp.settings.timesteps)
@@ -268,14 +292,10 @@ def _best_checkpoint(trainer: L.Trainer) -> str:
     return callback.best_model_path
 
 
-def _save_snn(module: SNNTaskModule, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    snn = module.snn
-    torch.save(
-        {"snn": snn.state_dict(), "timesteps": snn.timesteps, "signed": snn.signed, **module.run_meta},
-        path,
-    )
-    return path
+def _save_snn(exp: Experiment, path: Path) -> Path:
+    """The fine-tuned SNN as a file that rebuilds itself (``fastsnn.load_snn``, ``stages=[evaluate]``)."""
+    meta = {**exp.module.run_meta, "timesteps": exp.settings.timesteps, "signed": bool(exp.cfg.signed)}
+    return save_snn(path, exp.module.snn, exp.net, exp.recipe.builder, exp.recipe.quant, meta)
 
 
 @contextmanager

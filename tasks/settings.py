@@ -6,7 +6,10 @@
   existing checkpoint) they may differ: the b-bit model's SNN is evaluated at T steps.
 * ``bits=32``: a full-precision (clipped-ReLU) ANN, the first step of progressive training;
   it has no natural T, so converting it needs ``timesteps``.
-* neither: the bit width of the checkpoint when one is given, else ``DEFAULT_BITS``.
+* neither: the bit width of the checkpoint when one is given, else ``default_bits`` (the
+  config's ``default_bits``: 2, or a recipe's own).
+* ``stages=[evaluate]``: a saved SNN (``snn_path``) on the test set; bits and T are the file's,
+  unless ``timesteps`` asks for another T.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from dataclasses import dataclass
 
 DEFAULT_BITS = 2
 FULL_PRECISION = 32
-STAGES = ("train", "convert", "compare", "finetune")  # compare: optional, SpikingJelly's SNNs (tasks/compare.py)
+# compare: optional, SpikingJelly's SNNs (tasks/compare.py); evaluate: a saved SNN, alone
+STAGES = ("train", "convert", "compare", "finetune", "evaluate")
 
 
 class SettingsError(ValueError):
@@ -29,13 +33,23 @@ class RunSettings:
     stages: tuple[str, ...]
 
 
-def resolve(bits: int | None, timesteps: int | None, stages, checkpoint_bits: int | None = None) -> RunSettings:
+def resolve(
+    bits: int | None,
+    timesteps: int | None,
+    stages,
+    checkpoint_bits: int | None = None,
+    default_bits: int = DEFAULT_BITS,
+) -> RunSettings:
     stages = tuple(stages)
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
         raise SettingsError(f"stages must be a non-empty subset of {list(STAGES)}, got {list(stages)}")
     if list(stages) != sorted(stages, key=STAGES.index):
         raise SettingsError(f"stages run in the order {list(STAGES)}; got {list(stages)}")
+    if "evaluate" in stages and len(stages) > 1:
+        raise SettingsError(
+            f"stages=[evaluate] tests a saved SNN (snn_path=...) and runs alone; got stages={list(stages)}"
+        )
     if "finetune" in stages and "convert" not in stages:
         raise SettingsError(
             "the finetune stage fine-tunes a converted SNN: use stages=[convert,finetune] "
@@ -59,7 +73,7 @@ def resolve(bits: int | None, timesteps: int | None, stages, checkpoint_bits: in
         )
     if bits is None:
         if timesteps is None:
-            bits = DEFAULT_BITS
+            bits = default_bits
         else:
             bits = (timesteps + 1).bit_length() - 1
             if 2**bits - 1 != timesteps:

@@ -1,7 +1,8 @@
-"""Any torchvision classification model as a Fast-SNN backbone (random weights, no download).
+"""Any torchvision classification model as a Fast-SNN backbone, with random or pretrained weights.
 
 >>> from fastsnn.backbones.torchvision import torchvision_backbone
 >>> net = torchvision_backbone("resnet18", num_classes=10, in_channels=1)
+>>> net = torchvision_backbone("resnet18", num_classes=10, weights="IMAGENET1K_V1")  # from the hub cache
 
 The model is built by ``torchvision.models.get_model(name, weights=None, ...)`` and made
 convertible by :func:`fastsnn.prepare.prepare_model`: ReLUs written as functions become modules,
@@ -13,10 +14,18 @@ build, but the converter refuses them, naming the module.
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
 import torchvision
 from torch import nn
 
 from ..prepare import prepare_model
+from ..weights import load_matching
+
+log = logging.getLogger(__name__)
 
 # builders whose defaults would add auxiliary heads, warn about initialisation, or shift the
 # input for ImageNet weights; for training from scratch inside this project:
@@ -38,9 +47,10 @@ def torchvision_backbone(
     max_pool: str | None = "avg",
     small_input: bool = False,
     split_shared: bool = True,
+    weights: str | None = None,
     **kwargs,
 ) -> nn.Module:
-    """torchvision's ``name`` with random weights, adapted to the data and ready to quantize.
+    """torchvision's ``name``, adapted to the data and ready to quantize.
 
     Args:
         name: a builder of ``torchvision.models`` (``resnet18``, ``vgg11_bn``, ``mobilenet_v2``...).
@@ -55,6 +65,11 @@ def torchvision_backbone(
             stride 1 and a max pool right after it is removed, as CIFAR variants of these
             models do, so that the image is not downsampled 4x before the first block.
         split_shared: one activation module per call site (see :func:`prepare_model`).
+        weights: None for random weights, or the name of one of the model's torchvision weights
+            (``"IMAGENET1K_V1"``, ``"DEFAULT"``...), read from the torch hub cache (downloaded
+            there when absent and the network allows). A classifier with another number of classes
+            is replaced; a first convolution for ``in_channels`` other than 3 starts from the
+            pretrained one summed over its input channels (``in_channels=1``) or repeated.
         kwargs: passed to the builder (e.g. ``width_mult`` for mobilenet_v2, ``dropout``).
 
     Returns the model, usually a ``torch.fx.GraphModule`` with torchvision's module paths.
@@ -64,8 +79,47 @@ def torchvision_backbone(
         raise ValueError(f"unknown torchvision classification model {name!r}; known: {', '.join(known)}")
     kwargs = {**_BUILDER_DEFAULTS.get(name, {}), **kwargs}
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
-    _adapt_stem(model, in_channels, small_input)
+    if weights is not None:
+        match = load_matching(model, pretrained_state(name, weights), f"torchvision {name} {weights}")
+        log.info("%s", match.summary())
+    _adapt_stem(model, in_channels, small_input, pretrained=weights is not None)
     return prepare_model(model, max_pool=max_pool, split_shared=split_shared)
+
+
+def pretrained_state(name: str, weights: str) -> dict[str, torch.Tensor]:
+    """The state dict of torchvision's ``weights`` for ``name``, from the torch hub cache."""
+    choices = torchvision.models.get_model_weights(name)
+    if weights not in choices.__members__:
+        raise ValueError(f"{name} has no torchvision weights {weights!r}; it has {', '.join(choices.__members__)}")
+    url = choices[weights].url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True)
+    except (URLError, OSError) as err:
+        raise FileNotFoundError(
+            f"torchvision's {name} weights {weights} are not in the torch hub cache and could not be downloaded "
+            f"({err}): put the file {Path(url).name} (from {url}) at {path}, or set TORCH_HOME to a directory "
+            "whose hub/checkpoints/ holds it"
+        ) from err
+
+
+def _inherit_stem(new: nn.Conv2d, old: nn.Conv2d) -> None:
+    """Start a rebuilt first convolution from the pretrained one where the kernels agree: summed over
+    the RGB channels for one input channel, repeated (and rescaled) for more."""
+    if new.kernel_size != old.kernel_size or new.groups != old.groups:
+        log.info(
+            "the first convolution's kernel changed (%s -> %s): it starts at random", old.kernel_size, new.kernel_size
+        )
+        return
+    with torch.no_grad():
+        w = old.weight.sum(1, keepdim=True)
+        if new.in_channels > 1:
+            w = old.weight.repeat(1, -(-new.in_channels // old.in_channels), 1, 1)[:, : new.in_channels]
+            w = w * old.in_channels / new.in_channels
+        new.weight.copy_(w)
+        if new.bias is not None:
+            new.bias.copy_(old.bias)
+    log.info("the first convolution takes %d input channels: it starts from the pretrained one", new.in_channels)
 
 
 def _set(model: nn.Module, path: str, module: nn.Module) -> None:
@@ -73,7 +127,7 @@ def _set(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def _adapt_stem(model: nn.Module, in_channels: int, small_input: bool) -> None:
+def _adapt_stem(model: nn.Module, in_channels: int, small_input: bool, pretrained: bool = False) -> None:
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         return
@@ -95,6 +149,8 @@ def _adapt_stem(model: nn.Module, in_channels: int, small_input: bool) -> None:
         nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
         if new.bias is not None:
             nn.init.zeros_(new.bias)
+        if pretrained:
+            _inherit_stem(new, first)
         _set(model, first_name, new)
     if small_input:  # a max pool registered before the second conv belongs to the stem
         for n, m in model.named_modules():

@@ -36,8 +36,9 @@ def test_classification_experiments_compose_and_instantiate(make_config, experim
         "trainer.precision=32-true",
         tiny=False,
     )
-    assert cfg.bits == 4 and cfg.model.net.width == 1.0
+    assert cfg.default_bits == 4 and cfg.bits is None and cfg.model.net.width == 1.0
     exp = build(cfg)  # no data on disk: constructing the data module must not touch it
+    assert cfg.bits == 4  # resolved from the recipe's default
     assert all(m.bits == 4 for m in exp.net.modules() if isinstance(m, QuantReLU))
     assert isinstance(exp.trainer, L.Trainer) and exp.conversion.simulation.timesteps == 15
     assert exp.module.configure_optimizers()["optimizer"].defaults["lr"] == cfg.task.module.optimizer.lr
@@ -46,7 +47,9 @@ def test_classification_experiments_compose_and_instantiate(make_config, experim
 
 @pytest.mark.parametrize("model", sorted(p.stem for p in (CONF / "model").glob("*.yaml")))
 def test_every_model_config_builds_a_quantizable_net(make_config, model):
-    cfg = make_config(f"model={model}", tiny=False)
+    # model=custom names the user's class: here one of torchvision's
+    own = ["model.net._target_=fastsnn.backbones.torchvision.torchvision_backbone", "+model.net.name=resnet18"]
+    cfg = make_config(f"model={model}", *(own if model == "custom" else []), tiny=False)
     kwargs = {"width": 0.125} if "width" in cfg.model.net else {}
     net = instantiate(cfg.model.net, num_classes=10, in_channels=3, **kwargs)
     net = instantiate(cfg.quant)(net, bits=2)

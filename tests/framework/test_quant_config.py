@@ -30,6 +30,7 @@ def test_quant_overrides_compose(make_config):
 # and segmentation float weights; deeplabv3's clips start at 4
 CHOICES = {
     "alexnet": ("same", 2.0),
+    "custom": (None, 2.0),  # your own class: float weights unless quant=quantized_weights
     "resnet18": ("same", 2.0),
     "resnet20": ("same", 2.0),
     "resnet34": ("same", 2.0),

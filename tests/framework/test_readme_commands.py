@@ -62,6 +62,7 @@ STAGE_KEYS = {
         "finetune_layers",
         "snn_checkpoint",
     },
+    "evaluate": {"ann", "snn", "snn_per_step", "snn_path"},
 }
 
 

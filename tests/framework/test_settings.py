@@ -1,6 +1,8 @@
 import pytest
 
+from tasks.pipeline import _settings
 from tasks.settings import DEFAULT_BITS, SettingsError, resolve
+from tests import helpers
 
 ALL = ["train", "convert", "finetune"]
 
@@ -66,3 +68,18 @@ def test_full_precision_needs_timesteps_to_convert():
 def test_bad_stage_lists(stages, pattern):
     with pytest.raises(SettingsError, match=pattern):
         resolve(2, None, stages)
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ([], (DEFAULT_BITS, 2**DEFAULT_BITS - 1)),  # the config's default_bits is DEFAULT_BITS
+        (["experiment=voc_yolo"], (4, 15)),  # a recipe's own default
+        (["experiment=voc_yolo", "timesteps=7"], (3, 7)),  # T chooses the bits, not the recipe
+        (["experiment=voc_yolo", "bits=2"], (2, 3)),
+    ],
+)
+def test_a_recipe_default_bits_give_way_to_bits_or_timesteps(tmp_path, overrides, expected):
+    cfg = helpers.compose_config(tmp_path, *overrides)
+    settings = _settings(cfg, None)
+    assert (settings.bits, settings.timesteps) == expected
