@@ -34,7 +34,7 @@ from fastsnn.report_figure import plot_report
 log = logging.getLogger(__name__)
 
 SETTING_KEYS = ("task", "model", "data", "bits", "timesteps", "signed", "seed")
-FIRST_METHODS = ("ann", "snn", "snn_finetuned")
+FIRST_METHODS = ("ann", "float_ann", "snn", "snn_finetuned")  # float_ann: what rate coding converts
 # a stage's seconds (results.json's time_s), named by stage; test passes are left out
 TIME_COLUMNS = {"train": "train_s", "convert_and_test_snn": "convert_s", "finetune": "finetune_s"}
 IGNORED_OVERRIDES = ("paths.", "hydra.")  # where a run writes, not what it is

@@ -76,22 +76,23 @@ def save_snn(
     return path
 
 
-def load_snn(path: str | Path, net: nn.Module | None = None, map_location="cpu", **simulation) -> SpikingModel:
-    """The SNN saved in ``path``, ready to run; see :func:`read_snn`."""
-    return read_snn(path, net, map_location, **simulation).snn
+def load_snn(path: str | Path, net: nn.Module | None = None, device="cpu", **simulation) -> SpikingModel:
+    """The SNN saved in ``path``, ready to run on ``device``; see :func:`read_snn`."""
+    return read_snn(path, net, device, **simulation).snn
 
 
-def read_snn(path: str | Path, net: nn.Module | None = None, map_location="cpu", **simulation) -> SavedSNN:
+def read_snn(path: str | Path, net: nn.Module | None = None, device="cpu", **simulation) -> SavedSNN:
     """Rebuild the SNN of a :func:`save_snn` file.
 
     Args:
         net: the float network to quantize and load the weights into; None builds it with the
             file's builder, which must be in a module of :data:`TRUSTED_BUILDERS` (pass ``net`` for
             a network of your own: the file's ``builder`` says which and with what arguments).
+        device: where the SNN and the ANN go (they are rebuilt on the CPU first).
         simulation: :class:`~fastsnn.SimulationConfig` options that replace the saved ones (e.g.
             ``timesteps=15``, ``mode="streaming"``, ``integer_kernels=False``).
     """
-    file = _read(path, map_location)
+    file = _read(path)
     target, kwargs = file["builder"]["target"], file["builder"]["kwargs"]
     net = _build(target, kwargs, path) if net is None else net
     quant = dict(file["quant"])
@@ -100,13 +101,13 @@ def read_snn(path: str | Path, net: nn.Module | None = None, map_location="cpu",
     config = SimulationConfig(**file["simulation"]).replace(**simulation)
     snn = convert_to_snn(qmodel.eval(), config)
     snn.load_state_dict(file["snn"])
-    return SavedSNN(snn.to(map_location), qmodel, (target, kwargs), quant, file["meta"])
+    return SavedSNN(snn.to(device), qmodel.to(device), (target, kwargs), quant, file["meta"])
 
 
-def _read(path: str | Path, map_location) -> dict:
+def _read(path: str | Path) -> dict:
     if not Path(path).is_file():
         raise FileNotFoundError(f"no SNN file at {path}")
-    file = torch.load(path, map_location=map_location, weights_only=True)
+    file = torch.load(path, map_location="cpu", weights_only=True)  # converted on the CPU, then moved
     if not isinstance(file, dict) or file.get("format") != FORMAT:
         raise ValueError(
             f"{path} is not an SNN file of fastsnn ({FORMAT}; made by fastsnn.save_snn or a run's "

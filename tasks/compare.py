@@ -15,6 +15,8 @@ module's SNN test pass on each, under its own label, with the task's metric afte
 
 Each method's metric goes into ``results.json`` as ``<method>`` (after the last step) and
 ``<method>_per_step`` (after t = 1, 2, ... steps), and to the loggers as ``<method>/test_<metric>``.
+With rate coding, the float model it converts is tested too (``float_ann``): the accuracy its SNNs
+approach as the steps grow, which is not the clipped float ANN's (rate coding drops the clips).
 A method SpikingJelly cannot apply to the model is skipped with a warning (``<method>_error``).
 """
 
@@ -31,6 +33,7 @@ from fastsnn import convert_to_snn
 from fastsnn.peers.spikingjelly import (
     STBIFSNN,
     CalibrationInputs,
+    OneStep,
     PeerSNN,
     SpikingJellySNN,
     float_twin,
@@ -121,6 +124,8 @@ class CompareStage:
         }
         ours = exp.module.snn
         float_ann = self._float_ann(exp) if set(self.methods) & set(RATE_MODES) else None
+        if float_ann is not None:
+            results["float_ann"] = self._test_float_ann(exp, float_ann, test_pass)
         for label in self.methods:
             try:
                 peer = self._peer(label, exp, float_ann)
@@ -133,6 +138,17 @@ class CompareStage:
             finally:
                 exp.module.set_snn(ours)
             record_snn(results, label, metrics, exp.module.metric, peer.timesteps)
+
+    @staticmethod
+    def _test_float_ann(exp: Experiment, float_ann: nn.Module, test_pass: Callable[[str], dict]) -> float | None:
+        """The test metric of the float model rate coding converts, run as a one-step 'SNN'."""
+        ours = exp.module.snn
+        exp.module.set_snn(OneStep(float_ann).to(exp.trainer.strategy.root_device))
+        try:
+            metrics = test_pass("float_ann")
+        finally:
+            exp.module.set_snn(ours)
+        return metrics.get(f"float_ann/test_{exp.module.metric}")
 
     def _timesteps(self, label: str, exp: Experiment) -> int:
         return self.rate_timesteps if label in RATE_MODES else exp.settings.timesteps

@@ -74,6 +74,25 @@ class PeerSNN(nn.Module):
         return self
 
 
+class OneStep(nn.Module):
+    """An ANN with our ``SpikingModel``'s call signature, as one step: tested by the same pass as the SNNs."""
+
+    timesteps = 1
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net.eval()
+
+    def forward(self, x: torch.Tensor, return_steps: bool = False):
+        y = self.net(x)
+        return (y, y.unsqueeze(0)) if return_steps else y
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.net.eval()
+        return self
+
+
 class CalibrationInputs:
     """Calibration data for :class:`SpikingJellySNN`: ``inputs(batch)`` of the first ``batches`` batches
     of ``loader`` (all when None), read again on every pass (nothing is held in memory)."""

@@ -190,6 +190,7 @@ def test_the_compare_stage_writes_each_methods_metric_and_curve(make_config):
         assert 0.0 <= saved[label] <= 1.0 and saved[label] == pytest.approx(curve[-1])
     # the same neuron as ours on the same network at T = 2**bits - 1: the same test accuracy at every step
     assert saved["stbif_per_step"] == pytest.approx(saved["snn_per_step"])
+    assert 0.0 < saved["float_ann"] <= 1.0  # the float model rate coding converts, tested itself
     assert saved["compare"]["timesteps"] == {"unsigned": T, "stbif": T, "rate_max": rate_T, "rate_p999": rate_T}
     assert saved["spike_rate"] == saved["snn_finetuned_metrics"]["snn_finetuned/spike_rate"]  # ours, not a baseline's
     assert saved["time_s"]["compare"] > 0 and results["snn_finetuned"] is not None  # our SNN was put back
