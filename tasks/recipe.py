@@ -23,9 +23,12 @@ class Recipe:
 
 
 def net_builder(net: DictConfig, datamodule) -> tuple[str, dict]:
-    """``model.net`` as (dotted name, arguments), with the data's classes and channels."""
+    """``model.net`` as (dotted name, arguments), with the data's classes and channels; without
+    pretrained weights (the saved ANN's replace them: rebuilding must not need their file)."""
     kwargs = OmegaConf.to_container(net, resolve=True)
     target = kwargs.pop("_target_")
+    if "weights" in kwargs:
+        kwargs["weights"] = None
     return target, {**kwargs, "num_classes": datamodule.num_classes, "in_channels": datamodule.in_channels}
 
 
