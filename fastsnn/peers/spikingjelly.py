@@ -51,7 +51,16 @@ def float_twin(model: nn.Module) -> nn.Module:
     return twin
 
 
-class PeerSNN(nn.Module):
+class _InferenceOnly(nn.Module):
+    """A wrapper of ``self.net`` that stays in inference mode whatever ``train()`` says."""
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.net.eval()  # a converted network (or the ANN tested beside it) always runs in inference mode
+        return self
+
+
+class PeerSNN(_InferenceOnly):
     """A peer's simulation (:class:`STBIFSNN`, :class:`SpikingJellySNN`) with our ``SpikingModel``'s
     call signature, simulated for ``timesteps`` steps: ``snn(x)`` is the output after them,
     ``snn(x, return_steps=True)`` returns ``(output, steps)``, ``steps[t-1]`` the mean of the
@@ -68,13 +77,8 @@ class PeerSNN(nn.Module):
         steps = self.simulation.mean_outputs(x, self.timesteps)
         return (steps[-1], steps) if return_steps else steps[-1]
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.net.eval()  # a converted network always runs in inference mode
-        return self
 
-
-class OneStep(nn.Module):
+class OneStep(_InferenceOnly):
     """An ANN with our ``SpikingModel``'s call signature, as one step: tested by the same pass as the SNNs."""
 
     timesteps = 1
@@ -86,11 +90,6 @@ class OneStep(nn.Module):
     def forward(self, x: torch.Tensor, return_steps: bool = False):
         y = self.net(x)
         return (y, y.unsqueeze(0)) if return_steps else y
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.net.eval()
-        return self
 
 
 class CalibrationInputs:
