@@ -1,12 +1,12 @@
 """fastsnn: fast spiking neural networks by converting quantized ANNs (Fast-SNN, TPAMI 2023).
 
 The method as plain PyTorch: quantize a model, train it, convert it to a signed-IF SNN,
-fine-tune it layer by layer, count its spikes. No Lightning or Hydra needed here.
+fine-tune it layer by layer and as a whole, count its spikes. No Lightning or Hydra needed here.
 """
 
 from .config import SimulationConfig
 from .convert import ConversionError, SpikingModel, convert_to_snn, register_linear_function, register_linear_module
-from .finetune import LayerReport, layerwise_finetune
+from .finetune import LayerReport, NetworkReport, layerwise_finetune, network_finetune
 from .neuron import IFNeuron
 from .quantize import quantize_model
 from .quantizers import QuantConv2d, QuantLinear, QuantReLU
@@ -17,6 +17,7 @@ __all__ = [
     "ConversionError",
     "IFNeuron",
     "LayerReport",
+    "NetworkReport",
     "QuantConv2d",
     "QuantLinear",
     "QuantReLU",
@@ -25,6 +26,7 @@ __all__ = [
     "convert_to_snn",
     "layerwise_finetune",
     "load_snn",
+    "network_finetune",
     "quantize_model",
     "read_snn",
     "register_linear_function",

@@ -1,4 +1,4 @@
-"""Spike rates, synaptic operations and an energy estimate (docs/method.md §5).
+"""Spike rates, synaptic operations and an energy estimate (docs/method.md §6).
 
 * spike rate: spikes per neuron per time step, positive and negative apart;
 * synaptic operations (SOPs): each spike (or any non-zero event) arriving at a conv /

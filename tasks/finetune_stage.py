@@ -1,4 +1,5 @@
-"""The fine-tuning stage: :func:`fastsnn.layerwise_finetune` on a Lightning task module's SNN.
+"""The fine-tuning stage: :func:`fastsnn.layerwise_finetune`, then optionally
+:func:`fastsnn.network_finetune`, on a Lightning task module's SNN.
 
 It is a stage of its own, not a Lightning callback: it runs after the SNN's test pass, with
 its own loop (no Trainer), on any module that follows :class:`fastsnn.protocol.SpikingTask`.
@@ -7,16 +8,21 @@ its own loop (no Trainer), on any module that follows :class:`fastsnn.protocol.S
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+import time
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from fastsnn.finetune import LayerReport, layerwise_finetune
+from fastsnn.finetune import LayerReport, NetworkReport, layerwise_finetune, network_finetune
 from fastsnn.protocol import SpikingTask
 from tasks.checkpoints import load_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 class _Limited:
@@ -31,6 +37,20 @@ class _Limited:
     def __len__(self):
         total = len(self.loader)
         return total if self.n is None else min(total, self.n)
+
+
+PHASES = ("layerwise", "output")
+# the network-level phase's settings (docs/method.md §4.1): finetune.output.<key>
+OUTPUT_DEFAULTS = {
+    "epochs": 1,
+    "lr": 1e-3,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "loss": "mse",  # mse | kl | task (the task module's own loss on the batch's labels)
+    "output_layer": False,  # tune the analog output layer too
+    "checkpoint_every": 50,  # steps between checkpoints inside an epoch (null: after each epoch only)
+    "limit_batches": None,  # training batches per epoch (null: finetune.limit_batches)
+}
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -48,19 +68,24 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 class FineTuningStage:
-    """Layer-wise fine-tuning of ``module.snn`` against ``module.net``, as a stage of a run.
+    """Fine-tuning of ``module.snn`` against ``module.net``, as a stage of a run, in ``phases``:
+    ``layerwise`` (docs/method.md §4), then ``output`` (§4.1, the whole network towards the ANN's
+    output; its settings in ``output``, see ``OUTPUT_DEFAULTS``).
 
-    A progress bar per layer, a checkpoint after each layer (``checkpoint_dir/finetune_last.pt``:
-    SNN weights and the next layer to tune), per-layer logs (``finetune/mse_before``,
-    ``finetune/mse_after``, ``finetune/loss``, ``finetune/kept``, stepped by layer index).
-    ``resume`` names such a checkpoint to continue an interrupted stage. With ``validate``, a
-    layer's update is kept only if the headline metric on (the first ``limit_val_batches``
-    batches of) the validation split does not drop.
+    A progress bar per layer and per epoch, a checkpoint after each layer, and in the output phase
+    every ``output.checkpoint_every`` steps and after each epoch (``checkpoint_dir/finetune_last.pt``:
+    SNN weights, the next layer to tune, the output phase's state), per-layer logs
+    (``finetune/mse_before``, ``finetune/mse_after``, ``finetune/loss``, ``finetune/kept``, stepped
+    by layer index) and per-epoch ones (``finetune/output_*``). ``resume`` names such a checkpoint to
+    continue an interrupted stage. With ``validate``, an update (a layer's; an epoch of the output
+    phase) is kept only if the headline metric on (the first ``limit_val_batches`` batches of) the
+    validation split does not drop. :meth:`record` files the phases' times and reports in results.
 
     Every layer is tuned on the same batches: one pass over (the first ``limit_batches``
     batches of) the training split, held with the values carried from layer to layer when
     they fit in memory (``layerwise_finetune(cache=True)``); otherwise, as logged then, each
-    layer takes a fresh pass and the SNN is simulated from the input for every layer.
+    layer takes a fresh pass and the SNN is simulated from the input for every layer. The
+    output phase passes over the same (limited) loader once per epoch.
 
     ``device`` (``"auto"``: the GPU when there is one) is decided once; the whole task module
     (ANN, metrics) and its SNN move there, since a test pass before leaves them on the CPU.
@@ -82,6 +107,8 @@ class FineTuningStage:
         checkpoint_dir: str | None = None,
         resume: str | None = None,
         progress: bool = True,
+        phases: Iterable[str] = ("layerwise",),
+        output: dict | None = None,
     ):
         self.epochs_per_layer = epochs_per_layer
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
@@ -94,8 +121,20 @@ class FineTuningStage:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.resume = resume
         self.progress = progress
+        self.phases = list(phases)
+        unknown = [p for p in self.phases if p not in PHASES] + [k for k in output or {} if k not in OUTPUT_DEFAULTS]
+        if unknown or len(set(self.phases)) != len(self.phases):
+            raise ValueError(
+                f"finetune.phases lists {self.phases} and finetune.output sets {sorted(output or {})}: "
+                f"the phases are {list(PHASES)} (each once, in that order), the output keys {sorted(OUTPUT_DEFAULTS)}"
+            )
+        self.phases = [p for p in PHASES if p in self.phases]
+        self.output = {**OUTPUT_DEFAULTS, **(output or {})}
+        self.times: dict[str, float] = {}  # seconds per phase run by this process
+        self.output_reports: list[NetworkReport] = []
 
     def run(self, module: SpikingTask, datamodule, loggers=()) -> list[LayerReport]:
+        """Fine-tune ``module.snn`` in place; returns the layer-wise reports (see :meth:`record` for the rest)."""
         if module.snn is None:
             raise RuntimeError("the fine-tuning stage needs a converted SNN: run the convert stage first")
         dist = torch.distributed
@@ -105,24 +144,42 @@ class FineTuningStage:
         if rank == 0:
             reports = self._tune(module, datamodule, loggers)
         if distributed:
-            payload = [module.snn.state_dict(), reports] if rank == 0 else [None, None]
+            payload = [module.snn.state_dict(), reports, self.output_reports] if rank == 0 else [None] * 3
             dist.broadcast_object_list(payload, src=0)
             module.snn.load_state_dict(payload[0])
-            reports = payload[1]
+            reports, self.output_reports = payload[1], payload[2]
         return reports
+
+    def record(self, results: dict) -> None:
+        """The phases' seconds as ``time_s.finetune_<phase>`` and the output phase's epochs as ``finetune_output``."""
+        results.setdefault("time_s", {}).update({f"finetune_{p}": s for p, s in self.times.items()})
+        if "output" in self.phases:
+            results["finetune_output"] = [vars(r) for r in self.output_reports]
 
     def _tune(self, module: SpikingTask, datamodule, loggers) -> list[LayerReport]:
         device = resolve_device(self.device)
         module.to(device)  # the ANN teacher and the validation metrics
         module.snn.to(device)  # kept out of the module tree (see SNNTaskModule.set_snn)
-        start, done = self._resume(module, device)
-        prior = len(done)
+        start, done, output_state = self._resume(module, device)
         datamodule.setup("fit")
         validate = None
         if self.validate:
 
             def validate(snn):
                 return module.score(snn, datamodule.val_dataloader(), self.limit_val_batches)
+
+        loader = _Limited(datamodule.train_dataloader(), self.limit_batches)
+        n_layers = sum(not layer.constant_input for layer in module.snn.layers)
+        if "layerwise" in self.phases and output_state is None and start < n_layers:
+            with self._timed("layerwise"):
+                self._layerwise(module, loader, validate, start, done, loggers)
+        if "output" in self.phases:
+            with self._timed("output"):
+                self._network(module, loader, validate, done, output_state, loggers)
+        return done
+
+    def _layerwise(self, module: SpikingTask, loader, validate, start: int, done: list, loggers) -> None:
+        prior = len(done)
 
         def on_layer_end(report: LayerReport) -> None:
             done.append(report)
@@ -132,7 +189,7 @@ class FineTuningStage:
         layerwise_finetune(
             module.net,
             module.snn,
-            _Limited(datamodule.train_dataloader(), self.limit_batches),
+            loader,
             epochs_per_layer=self.epochs_per_layer,
             lr=self.lr,
             momentum=self.momentum,
@@ -146,12 +203,58 @@ class FineTuningStage:
             progress=self._progress,
             cache=True,  # one pass of the (limited) loader is held and used for every layer, if it fits
         )
-        return done
 
-    def _resume(self, module: SpikingTask, device: torch.device) -> tuple[int, list[LayerReport]]:
-        """The layer to start from and the reports so far (from ``resume``, or a fresh start)."""
+    def _network(self, module: SpikingTask, loader, validate, done: list, state: dict | None, loggers) -> None:
+        settings = dict(self.output)
+        every, limit = settings.pop("checkpoint_every"), settings.pop("limit_batches")
+        if limit is not None:
+            loader = _Limited(loader.loader, limit)
+        if settings["loss"] == "task":
+            settings["loss"] = self._task_loss(module)
+        n_layers = sum(not layer.constant_input for layer in module.snn.layers)
+
+        def on_checkpoint(output_state: dict) -> None:
+            self._checkpoint(module, done, next_layer=n_layers, output=output_state)
+
+        self.output_reports = network_finetune(
+            module.net,
+            module.snn,
+            loader,
+            **settings,
+            validate=validate,
+            keep_if_better=self.keep_if_better,
+            measure_batches=self.measure_batches,
+            input_fn=module.inputs,
+            progress=self._progress,
+            on_epoch_end=lambda report: self._log_epoch(report, loggers),
+            on_checkpoint=on_checkpoint if self.checkpoint_dir is not None else None,
+            checkpoint_every=every,
+            resume=state,
+        )
+
+    @staticmethod
+    def _task_loss(module: SpikingTask):
+        if not callable(getattr(module, "loss", None)):
+            raise ValueError("finetune.output.loss=task needs the task module's loss(outputs, batch); use mse or kl")
+
+        def loss(snn_out, ann_out, batch):
+            return module.loss(snn_out, module.transfer_batch_to_device(batch, module.device, 0))
+
+        return loss
+
+    @contextmanager
+    def _timed(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[phase] = time.perf_counter() - start
+            log.info("fine-tuning phase %s: %.1f s", phase, self.times[phase])
+
+    def _resume(self, module: SpikingTask, device: torch.device) -> tuple[int, list[LayerReport], dict | None]:
+        """The layer to start from, the reports so far and the output phase's state (from ``resume``, or a fresh start)."""
         if not self.resume:
-            return 0, []
+            return 0, [], None
         state = load_checkpoint(self.resume, map_location=device)
         snn = module.snn
         if state["timesteps"] != snn.timesteps or state["signed"] != snn.signed:
@@ -160,27 +263,39 @@ class FineTuningStage:
                 f"run has T={snn.timesteps}, signed={snn.signed}; use the same settings to resume."
             )
         snn.load_state_dict(state["snn"])
-        return state["next_layer"], [LayerReport(**r) for r in state["reports"]]
+        return state["next_layer"], [LayerReport(**r) for r in state["reports"]], state.get("output")
 
     def _progress(self, loader, description: str):
         return tqdm(loader, desc=f"fine-tune {description}", leave=False, disable=not self.progress, dynamic_ncols=True)
 
     def _log_layer(self, report: LayerReport, loggers) -> None:
-        metrics = {
-            "finetune/mse_before": report.mse_before,
-            "finetune/mse_after": report.mse_after,
-            "finetune/loss": report.train_loss,
-            "finetune/kept": float(report.kept),
-        }
-        if report.score is not None:
-            metrics["finetune/val_score"] = report.score
-        for logger in loggers:
-            logger.log_metrics(metrics, step=report.index)
-        if self.progress:
-            undone = "" if report.kept else " (undone: no improvement)"
-            tqdm.write(f"fine-tuned {report.path}: mse {report.mse_before:.4g} -> {report.mse_after:.4g}{undone}")
+        values = {"mse_before": report.mse_before, "mse_after": report.mse_after, "loss": report.train_loss}
+        mse = f"{report.mse_before:.4g} -> {report.mse_after:.4g}"
+        self._log(report, "", values, report.index, f"fine-tuned {report.path}: mse {mse}", loggers)
 
-    def _checkpoint(self, module: SpikingTask, done: list[LayerReport], next_layer: int) -> None:
+    def _log_epoch(self, report: NetworkReport, loggers) -> None:
+        values = {"loss_before": report.loss_before, "loss_after": report.loss_after, "loss": report.train_loss}
+        loss = f"{self.output['loss']} {report.loss_before:.4g} -> {report.loss_after:.4g}"
+        self._log(
+            report,
+            "output_",
+            values,
+            report.epoch,
+            f"fine-tuned the network, epoch {report.epoch + 1}: {loss}",
+            loggers,
+        )
+
+    def _log(self, report, prefix: str, values: dict, step: int, message: str, loggers) -> None:
+        """``finetune/<prefix><name>`` metrics (and ``kept``, ``val_score``) at ``step``; a line when ``progress``."""
+        values = {**values, "kept": float(report.kept)}
+        if report.score is not None:
+            values["val_score"] = report.score
+        for logger in loggers:
+            logger.log_metrics({f"finetune/{prefix}{k}": v for k, v in values.items()}, step=step)
+        if self.progress:
+            tqdm.write(message + ("" if report.kept else " (undone: no improvement)"))
+
+    def _checkpoint(self, module: SpikingTask, done: list[LayerReport], next_layer: int, output=None) -> None:
         if self.checkpoint_dir is None:
             return
         snn = module.snn
@@ -188,6 +303,7 @@ class FineTuningStage:
             "snn": snn.state_dict(),
             "next_layer": next_layer,
             "reports": [vars(r) for r in done],  # plain data: the file loads with weights_only=True
+            "output": output,  # the output phase's state once it has started (network_finetune(resume=...))
             "timesteps": snn.timesteps,
             "signed": snn.signed,
         }

@@ -203,11 +203,12 @@ def compare(exp: Experiment, results: dict) -> None:
 
 
 def finetune(exp: Experiment, results: dict) -> None:
-    """Layer-wise fine-tuning of the SNN, its checkpoint, then its test pass."""
+    """Fine-tuning of the SNN (its phases), its checkpoint, then its test pass."""
     with _timed(results, "finetune"):
         stage = instantiate(exp.cfg.finetune)
         reports = stage.run(exp.module, exp.datamodule, exp.loggers)
         results["finetune_layers"] = [vars(r) for r in reports]
+        stage.record(results)
         if exp.trainer.is_global_zero:
             results["snn_checkpoint"] = str(_save_snn(exp, exp.out_dir / "checkpoints" / "snn_finetuned.pt"))
     with _timed(results, "test_snn_finetuned"):

@@ -4,6 +4,7 @@ import os
 import tempfile
 
 import pytest
+import torch
 
 
 def pytest_configure(config):
@@ -27,3 +28,13 @@ def fresh_kernel_choice(tmp_path, monkeypatch):
     kernels.reset()
     yield
     kernels.reset()
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny models gain nothing from more, two spinning OpenMP threads on a
+    shared 2-core machine slow them several times, and it fixes the float reduction order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

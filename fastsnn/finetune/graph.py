@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
+from torch.nn import functional as F
 
-from ..convert import GraphNeuron, SpikingLayer, SpikingModel, StaticExpand
+from ..convert import GraphNeuron, SpikingLayer, SpikingModel, StaticExpand, TimeCollapse
 
 
 class _Stop(Exception):
@@ -148,6 +149,37 @@ def _feeds(net: fx.GraphModule, lg: _LayerGraph, values: dict[str, torch.Tensor]
         else:
             feeds[name] = values[name]
     return feeds
+
+
+def _eval_network(net: fx.GraphModule, x: torch.Tensor, rates: dict[str, torch.Tensor]) -> object:
+    """The whole graph on rates, every neuron a straight-through estimate of its spike count.
+
+    ``rates`` holds each neuron layer's SNN rate (by node target). A neuron fed by spikes takes
+    the value ``y + (r - y).detach()`` with ``y = clamp(u, 0, theta)`` of its synaptic input
+    ``u``: the SNN's value, the quantized ANN's gradient (docs/method.md §4 step 4, at every
+    layer at once). The first layers (analog input, exact) take their rate. The time adapters
+    pass values through: on rates, the spiking and output regions are linear (§3), so the
+    output's value is the SNN's own output.
+    """
+    env: dict[fx.Node, object] = {}
+    for n in net.graph.nodes:
+        module = net.get_submodule(n.target) if n.op == "call_module" else None
+        if n.op == "placeholder":
+            env[n] = x
+        elif n.op == "output":
+            return fx.node.map_arg(n.args[0], env.__getitem__)
+        elif isinstance(module, GraphNeuron):
+            rate = rates[n.target]
+            if module.constant_input:
+                env[n] = rate
+            else:
+                y = torch.minimum(F.relu(env[n.args[0]]), module.neuron.threshold)
+                env[n] = y + (rate - y).detach()
+        elif isinstance(module, (StaticExpand, TimeCollapse)):
+            env[n] = env[n.args[0]]
+        else:
+            _eval_nodes(net, [n], env)
+    raise RuntimeError("the graph has no output node")
 
 
 @dataclass

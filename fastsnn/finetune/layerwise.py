@@ -50,15 +50,20 @@ class LayerReport:
 
 
 class _Judge:
-    """Whether a layer's update stays: its measured MSE did not rise (``keep_if_better``) and
-    the ``validate`` score did not drop below the best so far."""
+    """Whether an update (a layer's, or an epoch of the network-level phase) stays: its measured
+    objective did not rise (``keep_if_better``) and the ``validate`` score did not drop below the
+    best so far."""
 
-    def __init__(self, snn: SpikingModel, validate, keep_if_better: bool):
+    def __init__(self, snn: SpikingModel, validate, keep_if_better: bool, best: float | None = None):
         self.snn, self.validate, self.keep_if_better = snn, validate, keep_if_better
-        self.best = validate(snn) if validate is not None else None
+        if best is None and validate is not None:
+            best = validate(snn)  # the score to beat (given: a resumed run's best so far)
+        self.best = best
 
-    def __call__(self, report: LayerReport) -> None:
-        report.kept = not (self.keep_if_better and report.mse_after > report.mse_before)
+    def __call__(self, report, before: float, after: float) -> None:
+        """Set ``report.kept`` (and ``report.score``) from the measured objective ``before`` / ``after``."""
+        worse = not after <= before  # a NaN counts as worse
+        report.kept = not (self.keep_if_better and worse)
         if report.kept and self.validate is not None:
             report.score = self.validate(self.snn)
             report.kept = report.score >= self.best
@@ -97,7 +102,7 @@ def _tune_layer(net: fx.GraphModule, t: _Tunable, data, epochs: int, sgd: dict, 
     mse_before = _mse(data.measured(t))
     loss = _train(net, t, data, epochs, sgd)
     report = LayerReport(t.index, t.layer.name, t.layer.path, mse_before, _mse(data.measured(t)), loss)
-    judge(report)
+    judge(report, report.mse_before, report.mse_after)
     if not report.kept:
         with torch.no_grad():
             for p, old in zip(t.params, saved):

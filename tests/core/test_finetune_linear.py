@@ -30,12 +30,7 @@ from tests.helpers import randomize_bn
 FALLBACK = "simulates the SNN from the input for every layer"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Residual(nn.Module):
