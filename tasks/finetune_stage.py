@@ -7,9 +7,11 @@ its own loop (no Trainer), on any module that follows :class:`fastsnn.protocol.S
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -19,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fastsnn.finetune import LayerReport, NetworkReport, layerwise_finetune, network_finetune
+from fastsnn.finetune.store import CacheWriteError
 from fastsnn.protocol import SpikingTask
 from tasks.checkpoints import load_checkpoint
 
@@ -61,10 +64,58 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"``: the GPU when there is one, else the CPU; anything else as given."""
+    """``"auto"``: the GPU when there is one, else the CPU; anything else as given. A GPU without
+    an index is this process's current one (under DDP, the one its rank was given)."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def process_group() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 without a process group)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _Shard:
+    """This process's share of the first ``n`` batches of a loader (``size`` at least): every
+    ``size``-th from ``rank``."""
+
+    def __init__(self, loader, n: int | None, rank: int, size: int):
+        self.loader, self.n, self.rank, self.size = loader, n, rank, size
+
+    def __iter__(self):
+        n = None if self.n is None else max(self.n, self.size)  # a batch for every process at least
+        for i, batch in enumerate(itertools.islice(self.loader, n)):
+            if i % self.size == self.rank:
+                yield batch
+
+
+def _spawned_stage(stage: FineTuningStage, module: SpikingTask, datamodule, strategy):
+    """One spawned process of :meth:`FineTuningStage.run_on`: joins the strategy's process group, tunes."""
+    strategy.setup_environment()  # this process's rank (LOCAL_RANK from the launcher) and the group
+    module.set_snn(copy.deepcopy(module.snn))  # weights of its own: spawned tensors share their memory
+    records: list[logging.LogRecord] = []  # fastsnn's messages (the plan line), for the run's log
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    logging.getLogger("fastsnn").addHandler(handler)
+    logging.getLogger("fastsnn").setLevel(logging.INFO)
+    reports = stage.run(module, datamodule)
+    if stage.rank != 0:
+        return None
+    for record in records:
+        record.msg, record.args, record.exc_info = record.getMessage(), None, None  # plain text
+    # through a file: the launcher's queue is read only after the processes end, and a large
+    # message would block the first one for ever (Lightning returns its weights the same way)
+    fd, weights = tempfile.mkstemp(suffix=".pt", prefix="fastsnn-finetuned-")
+    os.close(fd)
+    torch.save(module.snn.state_dict(), weights)
+    return weights, reports, vars(stage), records
 
 
 class FineTuningStage:
@@ -82,14 +133,14 @@ class FineTuningStage:
     validation split does not drop. :meth:`record` files the phases' times and reports in results.
 
     Every layer is tuned on the same batches: one pass over (the first ``limit_batches``
-    batches of) the training split, held with the values carried from layer to layer when
-    they fit in memory (``layerwise_finetune(cache=True)``); otherwise, as logged then, each
-    layer takes a fresh pass and the SNN is simulated from the input for every layer. The
-    output phase passes over the same (limited) loader once per epoch.
+    batches of) the training split, the values carried from layer to layer where ``cache``
+    says (``layerwise_finetune(cache=..., cache_dir=...)``). The output phase passes over the
+    same (limited) loader once per epoch.
 
     ``device`` (``"auto"``: the GPU when there is one) is decided once; the whole task module
     (ANN, metrics) and its SNN move there, since a test pass before leaves them on the CPU.
-    Under multi-process DDP, rank 0 fine-tunes and the result is broadcast to the others.
+    Under multi-process DDP every process tunes on its shard (``distributed=True``), the first
+    writes the checkpoints; :meth:`run_on` starts the processes of a spawn-based strategy again.
     """
 
     def __init__(
@@ -109,6 +160,8 @@ class FineTuningStage:
         progress: bool = True,
         phases: Iterable[str] = ("layerwise",),
         output: dict | None = None,
+        cache: str = "auto",
+        cache_dir: str | None = None,
     ):
         self.epochs_per_layer = epochs_per_layer
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
@@ -121,6 +174,8 @@ class FineTuningStage:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.resume = resume
         self.progress = progress
+        self.cache, self.cache_dir = cache, cache_dir
+        self.rank, self.world_size = 0, 1  # the processes that fine-tune together (set by run)
         self.phases = list(phases)
         unknown = [p for p in self.phases if p not in PHASES] + [k for k in output or {} if k not in OUTPUT_DEFAULTS]
         if unknown or len(set(self.phases)) != len(self.phases):
@@ -137,22 +192,37 @@ class FineTuningStage:
         """Fine-tune ``module.snn`` in place; returns the layer-wise reports (see :meth:`record` for the rest)."""
         if module.snn is None:
             raise RuntimeError("the fine-tuning stage needs a converted SNN: run the convert stage first")
-        dist = torch.distributed
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        rank = dist.get_rank() if distributed else 0
-        reports: list[LayerReport] = []
-        if rank == 0:
-            reports = self._tune(module, datamodule, loggers)
-        if distributed:
-            payload = [module.snn.state_dict(), reports, self.output_reports] if rank == 0 else [None] * 3
-            dist.broadcast_object_list(payload, src=0)
-            module.snn.load_state_dict(payload[0])
-            reports, self.output_reports = payload[1], payload[2]
+        self.rank, self.world_size = process_group()  # every process tunes on its own shard
+        return self._tune(module, datamodule, loggers)
+
+    def run_on(self, trainer, module: SpikingTask, datamodule, loggers=()) -> list[LayerReport]:
+        """:meth:`run` in the processes of ``trainer``'s strategy. A spawn-based one (``ddp_spawn``,
+        ``trainer=ddp_cpu``) trained in processes that are gone by now: its launcher starts them
+        again for this stage, and the first one's weights and reports come back to this process.
+        Otherwise (one process; every rank of a ``torchrun`` / ``srun`` launch) it runs here."""
+        launcher = getattr(trainer.strategy, "launcher", None)
+        spawned = getattr(launcher, "_start_method", None) in ("spawn", "fork", "forkserver")
+        if not spawned or trainer.world_size == 1 or process_group()[1] > 1:
+            return self.run(module, datamodule, loggers)
+        weights, reports, self.__dict__, records = launcher.launch(
+            _spawned_stage, self, module, datamodule, trainer.strategy
+        )
+        for record in records:
+            logging.getLogger(record.name).handle(record)
+        try:
+            module.snn.load_state_dict(torch.load(weights, weights_only=True))
+        finally:
+            os.remove(weights)
+        for report in reports:  # the processes logged nothing: their loggers stay here
+            self._log_layer(report, loggers)
+        for report in self.output_reports:
+            self._log_epoch(report, loggers)
         return reports
 
     def record(self, results: dict) -> None:
         """The phases' seconds as ``time_s.finetune_<phase>`` and the output phase's epochs as ``finetune_output``."""
         results.setdefault("time_s", {}).update({f"finetune_{p}": s for p, s in self.times.items()})
+        results["finetune_world_size"] = self.world_size
         if "output" in self.phases:
             results["finetune_output"] = [vars(r) for r in self.output_reports]
 
@@ -165,13 +235,14 @@ class FineTuningStage:
         validate = None
         if self.validate:
 
-            def validate(snn):
-                return module.score(snn, datamodule.val_dataloader(), self.limit_val_batches)
+            def validate(snn):  # each process scores its share; the metrics sum them over the processes
+                shard = _Shard(datamodule.val_dataloader(), self.limit_val_batches, self.rank, self.world_size)
+                return module.score(snn, shard)
 
         loader = _Limited(datamodule.train_dataloader(), self.limit_batches)
         n_layers = sum(not layer.constant_input for layer in module.snn.layers)
         if "layerwise" in self.phases and output_state is None and start < n_layers:
-            with self._timed("layerwise"):
+            with self._timed("layerwise"), self._resumable():
                 self._layerwise(module, loader, validate, start, done, loggers)
         if "output" in self.phases:
             with self._timed("output"):
@@ -201,7 +272,9 @@ class FineTuningStage:
             measure_batches=self.measure_batches,
             keep_if_better=self.keep_if_better,
             progress=self._progress,
-            cache=True,  # one pass of the (limited) loader is held and used for every layer, if it fits
+            cache=self.cache,  # "auto": one pass of the (limited) loader carried in memory, on disk, or recomputed
+            cache_dir=self.cache_dir,
+            distributed=self.world_size > 1,
         )
 
     def _network(self, module: SpikingTask, loader, validate, done: list, state: dict | None, loggers) -> None:
@@ -230,6 +303,7 @@ class FineTuningStage:
             on_checkpoint=on_checkpoint if self.checkpoint_dir is not None else None,
             checkpoint_every=every,
             resume=state,
+            distributed=self.world_size > 1,
         )
 
     @staticmethod
@@ -241,6 +315,16 @@ class FineTuningStage:
             return module.loss(snn_out, module.transfer_batch_to_device(batch, module.device, 0))
 
         return loss
+
+    @contextmanager
+    def _resumable(self):
+        """A cache that cannot be written stops the stage with the way to resume it."""
+        try:
+            yield
+        except CacheWriteError as e:
+            last = self.checkpoint_dir / "finetune_last.pt" if self.checkpoint_dir else None
+            how = f"resume from the last finished layer with finetune.resume={last}" if last and last.exists() else ""
+            raise CacheWriteError(e.errno, f"{e.strerror}; set finetune.cache_dir or finetune.cache=off. {how}") from e
 
     @contextmanager
     def _timed(self, phase: str):
@@ -266,7 +350,8 @@ class FineTuningStage:
         return state["next_layer"], [LayerReport(**r) for r in state["reports"]], state.get("output")
 
     def _progress(self, loader, description: str):
-        return tqdm(loader, desc=f"fine-tune {description}", leave=False, disable=not self.progress, dynamic_ncols=True)
+        quiet = not self.progress or self.rank != 0
+        return tqdm(loader, desc=f"fine-tune {description}", leave=False, disable=quiet, dynamic_ncols=True)
 
     def _log_layer(self, report: LayerReport, loggers) -> None:
         values = {"mse_before": report.mse_before, "mse_after": report.mse_after, "loss": report.train_loss}
@@ -292,11 +377,11 @@ class FineTuningStage:
             values["val_score"] = report.score
         for logger in loggers:
             logger.log_metrics({f"finetune/{prefix}{k}": v for k, v in values.items()}, step=step)
-        if self.progress:
+        if self.progress and self.rank == 0:
             tqdm.write(message + ("" if report.kept else " (undone: no improvement)"))
 
     def _checkpoint(self, module: SpikingTask, done: list[LayerReport], next_layer: int, output=None) -> None:
-        if self.checkpoint_dir is None:
+        if self.checkpoint_dir is None or self.rank != 0:  # the processes hold the same weights
             return
         snn = module.snn
         state = {

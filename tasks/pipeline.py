@@ -206,7 +206,7 @@ def finetune(exp: Experiment, results: dict) -> None:
     """Fine-tuning of the SNN (its phases), its checkpoint, then its test pass."""
     with _timed(results, "finetune"):
         stage = instantiate(exp.cfg.finetune)
-        reports = stage.run(exp.module, exp.datamodule, exp.loggers)
+        reports = stage.run_on(exp.trainer, exp.module, exp.datamodule, exp.loggers)
         results["finetune_layers"] = [vars(r) for r in reports]
         stage.record(results)
         if exp.trainer.is_global_zero:

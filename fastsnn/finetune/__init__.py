@@ -4,7 +4,8 @@
 * :mod:`.network` — the network-level phase: the SNN's output towards the ANN's, gradients
   through a straight-through estimate of every neuron's spike count: :func:`network_finetune`;
 * :mod:`.sources` — where each layer's batches come from: simulated from the input for every
-  layer, or carried from layer to layer in memory when they fit;
+  layer, or carried from layer to layer (:mod:`.store`: in memory or on disk), as :mod:`.plan`
+  chose; :mod:`.ranks` — data-parallel fine-tuning over the processes of a process group;
 * :mod:`.graph` — graph slicing: a layer's synaptic part, evaluated on rates or spikes, the
   whole graph on rates, and :func:`run_until` (a graph run up to one node).
 """

@@ -211,29 +211,49 @@ def _tunable_layers(snn: SpikingModel) -> list[_Tunable]:
 
 class _Cursor(fx.Interpreter):
     """One run of a graph in graph order that pauses at requested nodes (optionally a subset of
-    the nodes only). Each value is freed after its last use, as in ``fx.Interpreter.run``."""
+    the nodes only). Each value is freed after its last use, as in ``fx.Interpreter.run``.
 
-    def __init__(self, gm: fx.GraphModule, x: torch.Tensor, only: set[fx.Node] | None = None):
+    The input is read at once, so a paused run is its live values and its position: what
+    :meth:`state` gives and :meth:`restore` takes back (plain data, for a file).
+    """
+
+    def __init__(self, gm: fx.GraphModule, x: torch.Tensor | None, only: set[fx.Node] | None = None):
         super().__init__(gm)
         self.env = {}
         self.args_iter = iter((x,))
-        nodes = [n for n in gm.graph.nodes if n.op != "output" and (only is None or n in only)]
+        self.nodes = [n for n in gm.graph.nodes if n.op != "output" and (only is None or n in only)]
         last_user: dict[fx.Node, fx.Node] = {}
-        for n in nodes:
+        for n in self.nodes:
             for a in n.all_input_nodes:
                 last_user[a] = n
         self.frees: dict[fx.Node, list[fx.Node]] = {}
         for value, user in last_user.items():
             self.frees.setdefault(user, []).append(value)
-        self.todo = iter(nodes)
+        self.done = 0  # nodes run so far
+        while x is not None and self.done < len(self.nodes) and self.nodes[self.done].op == "placeholder":
+            self._step()
+
+    def _step(self) -> None:
+        n = self.nodes[self.done]
+        self.env[n] = self.run_node(n)
+        self.done += 1
+        for done in self.frees.get(n, ()):
+            del self.env[done]
 
     def value(self, node: fx.Node):
         while node not in self.env:
-            n = next(self.todo)
-            self.env[n] = self.run_node(n)
-            for done in self.frees.get(n, ()):
-                del self.env[done]
+            self._step()
         return self.env[node]
+
+    def state(self) -> dict:
+        return {"done": self.done, "env": {n.name: v for n, v in self.env.items()}}
+
+    @classmethod
+    def restore(cls, gm: fx.GraphModule, state: dict, only: set[fx.Node] | None = None) -> _Cursor:
+        cursor = cls(gm, None, only)
+        by_name = {n.name: n for n in cursor.nodes}
+        cursor.done, cursor.env = state["done"], {by_name[k]: v for k, v in state["env"].items()}
+        return cursor
 
 
 _INPLACE_FUNCTIONS = {

@@ -19,6 +19,7 @@ for every layer or carried from layer to layer, from :mod:`.sources`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -28,7 +29,10 @@ from torch.nn import functional as F
 
 from ..convert import SpikingModel, trace
 from .graph import _eval_rates, _Tunable, _tunable_layers
+from .ranks import Ranks
 from .sources import Observation, _data_source
+
+logger = logging.getLogger(__name__)
 
 
 def _input_of(batch):
@@ -54,8 +58,8 @@ class _Judge:
     objective did not rise (``keep_if_better``) and the ``validate`` score did not drop below the
     best so far."""
 
-    def __init__(self, snn: SpikingModel, validate, keep_if_better: bool, best: float | None = None):
-        self.snn, self.validate, self.keep_if_better = snn, validate, keep_if_better
+    def __init__(self, snn: SpikingModel, validate, keep_if_better: bool, ranks: Ranks, best: float | None = None):
+        self.snn, self.validate, self.keep_if_better, self.ranks = snn, validate, keep_if_better, ranks
         if best is None and validate is not None:
             best = validate(snn)  # the score to beat (given: a resumed run's best so far)
         self.best = best
@@ -68,17 +72,19 @@ class _Judge:
             report.score = self.validate(self.snn)
             report.kept = report.score >= self.best
             self.best = max(self.best, report.score)
+        report.kept = self.ranks.first(report.kept)  # every process keeps or undoes alike
 
 
-def _mse(observations: Iterable[Observation]) -> float:
+def _mse(observations: Iterable[Observation], ranks: Ranks) -> float:
     total, count = 0.0, 0
     for target, _, r_out in observations:
         total += F.mse_loss(r_out, target, reduction="sum").item()
         count += target.numel()
+    total, count = ranks.sum(total, count)
     return total / max(count, 1)
 
 
-def _train(net: fx.GraphModule, t: _Tunable, data, epochs: int, sgd: dict) -> float:
+def _train(net: fx.GraphModule, t: _Tunable, data, epochs: int, sgd: dict, ranks: Ranks) -> float:
     """SGD on the layer's weights; returns the mean training loss."""
     for p in t.params:
         p.requires_grad_(True)
@@ -90,18 +96,21 @@ def _train(net: fx.GraphModule, t: _Tunable, data, epochs: int, sgd: dict) -> fl
             loss = F.mse_loss(y + (r_out - y).detach(), target)  # SNN value, ANN gradient
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            ranks.average_gradients(t.params)
             opt.step()
             loss_sum += loss.item()
             steps += 1
+    loss_sum, steps = ranks.sum(loss_sum, steps)
     return loss_sum / max(steps, 1)
 
 
 def _tune_layer(net: fx.GraphModule, t: _Tunable, data, epochs: int, sgd: dict, judge: _Judge) -> LayerReport:
     """Measure, train, measure again; undo the update when the judge says so."""
     saved = [p.detach().clone() for p in t.params]
-    mse_before = _mse(data.measured(t))
-    loss = _train(net, t, data, epochs, sgd)
-    report = LayerReport(t.index, t.layer.name, t.layer.path, mse_before, _mse(data.measured(t)), loss)
+    ranks = judge.ranks
+    mse_before = _mse(data.measured(t), ranks)
+    loss = _train(net, t, data, epochs, sgd, ranks)
+    report = LayerReport(t.index, t.layer.name, t.layer.path, mse_before, _mse(data.measured(t), ranks), loss)
     judge(report, report.mse_before, report.mse_after)
     if not report.kept:
         with torch.no_grad():
@@ -128,8 +137,10 @@ def layerwise_finetune(
     measure_batches: int = 4,
     keep_if_better: bool = True,
     progress: Callable[[Iterable, str], Iterable] | None = None,
-    cache: bool | None = None,
+    cache: str = "auto",
     cache_budget: float | None = None,
+    cache_dir: str | None = None,
+    distributed: bool = False,
 ) -> list[LayerReport]:
     """Fine-tune ``snn`` (converted from ``qmodel``) layer by layer, in place (docs/method.md §4).
 
@@ -152,13 +163,21 @@ def layerwise_finetune(
             timing (the second layer: its input is exact) an update can make things worse.
         progress: optional wrapper ``progress(iterable, description)`` (e.g. a tqdm factory)
             around each layer's pass over the data.
-        cache: carry each batch's values from layer to layer (cost linear in depth) instead of
-            simulating the SNN from the input for every layer (quadratic). ``None``: when
-            ``dataloader`` is a list or tuple of batches; ``True``: also for another loader,
-            whose one pass is then held and used for every layer; ``False``: never. Without
-            caching, or when it would not fit ``cache_budget``, the reason is logged once.
+        cache: where the values carried from layer to layer live (cost linear in depth; one
+            pass of ``dataloader`` is then used for every layer): ``"memory"``, ``"disk"``
+            (files in ``cache_dir``, read back batch by batch), ``"off"`` (the SNN simulated
+            from the input for every layer, a fresh pass each: quadratic in depth), or
+            ``"auto"``: memory if the values fit ``cache_budget``, else disk if ``cache_dir`` is
+            given and they fit its free space, else off. The choice, its reason and the plan
+            (layers, batches, bytes, expected SNN passes) are logged once before the first layer.
         cache_budget: bytes the carried values may take on the SNN's device (estimated by a dry
             run on the first batch); default: half of the device's free memory.
+        cache_dir: the directory for ``cache="disk"`` (a folder of its own inside, removed at the
+            end); an unwritable one, or one without the space, stops before the first layer.
+        distributed: every process of the default process group calls this with its own shard
+            of the batches (the same number of batches each): gradients are averaged every step,
+            measurements summed, keep / undo decisions taken alike (:mod:`.ranks`); all
+            processes end with the same weights.
 
     Returns one :class:`LayerReport` per tuned layer (the first layers, fed by the analog
     input, are exact and are skipped, as is the analog output layer, which has no neuron).
@@ -169,10 +188,13 @@ def layerwise_finetune(
     qmodel.eval()
     snn.eval()
     tunables = _tunable_layers(snn)
-    args = (dataloader, input_fn, device, measure_batches, progress, cache, cache_budget)
-    data = _data_source(snn, ann_gm, tunables, *args)
+    ranks = Ranks(distributed, device)
+    args = (dataloader, input_fn, device, measure_batches, progress, cache, cache_budget, cache_dir, ranks)
+    data, plan = _data_source(snn, ann_gm, tunables, *args)
+    if plan is not None:
+        (logger.warning if plan.warn else logger.info)(plan.line(len(tunables), epochs_per_layer, ranks))
     sgd = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
-    judge = _Judge(snn, validate, keep_if_better)
+    judge = _Judge(snn, validate, keep_if_better, ranks)
     reports: list[LayerReport] = []
     try:
         for t in tunables[:start_layer]:
@@ -184,6 +206,7 @@ def layerwise_finetune(
             if on_layer_end is not None:
                 on_layer_end(report)
     finally:
+        data.close()
         qmodel.train(was_training)
         snn.net.requires_grad_(False)
     return reports

@@ -31,6 +31,7 @@ from torch.nn import functional as F
 from ..convert import GraphNeuron, SpikingModel
 from .graph import _ancestors, _eval_network, _node_params, _rate, _tunable_layers
 from .layerwise import _input_of, _Judge
+from .ranks import Ranks
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +110,9 @@ def snn_rates(snn: SpikingModel, x: torch.Tensor) -> tuple[object, dict[str, tor
 class _Phase:
     """One network-level phase: the weights it tunes, its optimiser and where it stands."""
 
-    def __init__(self, qmodel, snn: SpikingModel, params, dataloader, input_fn, loss, progress, sgd: dict):
+    def __init__(self, qmodel, snn: SpikingModel, params, dataloader, input_fn, loss, progress, sgd: dict, ranks):
         self.qmodel, self.snn, self.params, self.dataloader = qmodel, snn, params, dataloader
-        self.input_fn, self.loss, self.progress = input_fn, loss, progress
+        self.input_fn, self.loss, self.progress, self.ranks = input_fn, loss, progress, ranks
         self.device = next(snn.parameters()).device
         self.opt = torch.optim.SGD(params, **sgd)
         self.epoch, self.step, self.loss_sum, self.loss_before = 0, 0, 0.0, float("nan")
@@ -155,6 +156,7 @@ class _Phase:
         loss = self.loss(_eval_network(self.snn.net, x, rates), target, batch)  # the SNN's value, the ANN's gradient
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        self.ranks.average_gradients(self.params)
         self.opt.step()
         return loss.item()
 
@@ -166,7 +168,8 @@ class _Phase:
             x = self.input_fn(batch).to(self.device)
             with self.snn.ctx.run("mean"):
                 total += self.loss(self.snn.net(x), self.qmodel(x), batch).item()
-        return total / max(len(self.measure), 1)
+        total, count = self.ranks.sum(total, len(self.measure))
+        return total / max(count, 1)
 
     def run_epoch(self, epochs: int, checkpoint: Callable[[], None], every: int | None) -> None:
         """The current epoch from its current step (a resumed one skips the batches done)."""
@@ -217,6 +220,7 @@ def network_finetune(
     on_checkpoint: Callable[[dict], None] | None = None,
     checkpoint_every: int | None = None,
     resume: dict | None = None,
+    distributed: bool = False,
 ) -> list[NetworkReport]:
     """Fine-tune ``snn`` (converted from ``qmodel``) as a whole towards the ANN's output, in place
     (docs/method.md §4.1); usually after :func:`~fastsnn.layerwise_finetune`.
@@ -239,6 +243,8 @@ def network_finetune(
         on_checkpoint: called with the phase's state (plain data) after every
             ``checkpoint_every`` steps and after each epoch; pass it back as ``resume`` to continue
             exactly where it was (same batches in the same order assumed).
+        distributed: every process of the default process group calls this with its own shard
+            of the batches, as in :func:`~fastsnn.layerwise_finetune`.
 
     Returns one :class:`NetworkReport` per epoch run, those before a ``resume`` included.
     """
@@ -253,11 +259,14 @@ def network_finetune(
         logger.warning("network-level fine-tuning: no layer fed by spikes to tune (and output_layer=False)")
         return []
     sgd = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
-    phase = _Phase(qmodel, snn, params, dataloader, input_fn, loss_fn, progress, sgd)
+    ranks = Ranks(distributed, next(snn.parameters()).device)
+    phase = _Phase(qmodel, snn, params, dataloader, input_fn, loss_fn, progress, sgd, ranks)
+    if hasattr(dataloader, "__len__"):
+        ranks.same_count(len(dataloader), "fine-tuning batches")
     if resume is not None:
         phase.load(resume)
     phase.measure = [b for _, b in zip(range(measure_batches), dataloader)]
-    judge = _Judge(snn, validate, keep_if_better, best=None if resume is None else resume["best"])
+    judge = _Judge(snn, validate, keep_if_better, ranks, best=None if resume is None else resume["best"])
 
     def checkpoint() -> None:
         if on_checkpoint is not None:

@@ -2,26 +2,24 @@
 
 Cost. Tuning layer ``l`` needs the SNN tuned up to ``l-1`` on every fine-tuning batch.
 Simulated from the input for every layer (:class:`_Resimulated`), that makes the stage
-quadratic in depth. When the batches are a fixed list and their values fit in memory, a
-:class:`_Frontier` carries them instead: per batch, the spike trains (and analog-side values)
-that the untuned layers still read, and a paused run of the ANN; after layer ``l`` is tuned,
-only layer ``l``'s own synaptic part and neuron run again, on its cached inputs, to move the
-cut past it. The values are the same as when simulated from the input: the same operations on
-the same tensors. :func:`_data_source` chooses between the two, and logs why when it cannot
-carry the values.
+quadratic in depth. A :class:`_Frontier` carries them instead, from one pass of the loader:
+per batch, the spike trains (and analog-side values) that the untuned layers still read, and a
+paused run of the ANN; after layer ``l`` is tuned, only layer ``l``'s own synaptic part and
+neuron run again, on its cached inputs, to move the cut past it. The values are the same as
+when simulated from the input: the same operations on the same tensors. They live in memory or
+on disk (:mod:`.store`); :func:`_data_source` builds what :mod:`.plan` chose.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import torch
 from torch import fx
 
 from ..convert import GraphNeuron, SpikingModel
-from ..planner.machine import DEFAULT_MEMORY_FRACTION, available_memory
 from .graph import (
     _ancestors,
     _Cursor,
@@ -34,6 +32,9 @@ from .graph import (
     _written_sources,
     run_until,
 )
+from .plan import CachePlan, choose
+from .ranks import Ranks
+from .store import _Batch, _InMemory, _OnDisk, _Stored
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ class _Resimulated:
     def advance(self, t: _Tunable) -> None:
         """Nothing to carry: the next layer simulates from the input again."""
 
+    def close(self) -> None:
+        """Nothing held."""
+
 
 def _storage_bytes(values: Iterable, seen: set[int]) -> int:
     """Bytes of the tensors' storages not in ``seen`` yet (views share their base's storage)."""
@@ -90,34 +94,6 @@ def _storage_bytes(values: Iterable, seen: set[int]) -> int:
     return total
 
 
-class _Stored:
-    """A cached value. A spike train (``s * theta``, ``s`` in {-1, 0, 1}) is kept as int8 ``s``
-    when that gives back exactly the same tensor; anything else is kept as it is."""
-
-    def __init__(self, value, theta: torch.Tensor | None = None):
-        self.value, self.codes, self.scale = value, None, None
-        if theta is not None and isinstance(value, torch.Tensor) and value.is_floating_point():
-            scale = theta.to(value.dtype)
-            codes = torch.round(value / scale).to(torch.int8)
-            if torch.equal(codes.to(value.dtype) * scale, value):
-                self.value, self.codes, self.scale = None, codes, scale
-
-    def get(self, fresh: bool = False):
-        """The value; ``fresh``: a tensor of its own (for a graph that writes into its inputs)."""
-        if self.codes is not None:
-            return self.codes.to(self.scale.dtype) * self.scale
-        return self.value.clone() if fresh and isinstance(self.value, torch.Tensor) else self.value
-
-    def tensors(self) -> list:
-        return [self.codes, self.scale] if self.codes is not None else [self.value]
-
-
-@dataclass
-class _Batch:
-    ann: _Cursor  # the ANN's run on this batch, paused at the current layer's target
-    values: dict[str, _Stored]  # SNN values (by node name) that layers not tuned yet read
-
-
 class _Frontier:
     """The fine-tuning batches, each with the values that the layers not tuned yet still read.
 
@@ -126,21 +102,24 @@ class _Frontier:
     values into spiking layers as they are), and a paused run of the ANN (its live values at
     the current layer's target). ``advance(t)`` runs layer ``t``'s synaptic part and neuron
     once more on its cached inputs, with its final weights, and drops what no later layer
-    reads. A layer then costs its own synaptic part per batch, however deep it lies.
+    reads. A layer then costs its own synaptic part per batch, however deep it lies. The
+    batches live in ``store`` (:mod:`.store`: in memory unless given), filled from ``inputs``
+    one batch at a time.
     """
 
-    def __init__(
-        self, snn: SpikingModel, ann_gm: fx.GraphModule, tunables: list[_Tunable], inputs, measure_batches, progress
-    ):
+    def __init__(self, snn: SpikingModel, ann_gm: fx.GraphModule, tunables: list[_Tunable], inputs: Iterable,
+                 measure_batches: int, progress, store=None):  # fmt: skip
         self.net, self.ann_gm, self.T, self.progress = snn.net, ann_gm, snn.timesteps, progress
-        self.n_measure = min(measure_batches, len(inputs))
         self.ann_nodes = {n.name: n for n in ann_gm.graph.nodes}
         self.last_read = {name: t.step for t in tunables for name in t.graph.sources}  # last layer reading it
         tuned = {t.graph.neuron.name for t in tunables}
         self.static = [n for n in self.net.graph.nodes if n.name in self.last_read and n.name not in tuned]
         self.static_nodes = _ancestors(self.static)  # the analog side and the first layers: never tuned
         self.written = {t.step: _written_sources(self.net, t.graph) for t in tunables}
-        self.batches = [self._start(x) for x in inputs]
+        self.batches = _InMemory() if store is None else store
+        for x in inputs:
+            self.batches.append(self._start(x))
+        self.n_measure = min(measure_batches, len(self.batches))
 
     def _theta(self, node: fx.Node) -> torch.Tensor | None:
         module = self.net.get_submodule(node.target) if node.op == "call_module" else None
@@ -164,7 +143,7 @@ class _Frontier:
         return target, _feeds(self.net, t.graph, values, self.T), _rate(spikes, self.T)
 
     def measured(self, t: _Tunable) -> Iterator[Observation]:
-        for batch in self.batches[: self.n_measure]:
+        for batch in itertools.islice(self.batches, self.n_measure):
             yield self._observe(t, batch)
 
     def training(self, t: _Tunable, description: str) -> Iterator[Observation]:
@@ -174,13 +153,19 @@ class _Frontier:
 
     @torch.no_grad()
     def advance(self, t: _Tunable) -> None:
-        """Move the cut past layer ``t``: its spikes with its weights as they are now."""
+        """Move the cut past layer ``t``: its spikes with its weights as they are now, and the ANN's
+        run past its target (what a disk store writes back is the state a later layer starts from)."""
         name = t.graph.neuron.name
-        for batch in self.batches:
+        for i, batch in enumerate(self.batches):
+            batch.ann.value(self.ann_nodes[t.source])
             if self.last_read.get(name, -1) > t.step:
                 batch.values[name] = _Stored(_eval_spikes(self.net, t.graph, self._inputs(t, batch)), t.theta)
             for done in [n for n in batch.values if self.last_read[n] <= t.step]:
                 del batch.values[done]
+            self.batches.put(i, batch)
+
+    def close(self) -> None:
+        self.batches.close()
 
     def nbytes(self) -> int:
         seen: set[int] = set()
@@ -203,6 +188,27 @@ def _frontier_bytes(snn, ann_gm, tunables: list[_Tunable], x: torch.Tensor) -> i
         probe.advance(t)
         peak = max(peak, probe.nbytes())
     return peak + x.nbytes
+
+
+def _estimate(snn, ann_gm, tunables, dataloader, input_fn, device) -> CachePlan:
+    """The batches, samples and bytes of one pass's carried values (from a dry run on the first batch)."""
+    plan = CachePlan("off", "")
+    try:
+        plan.batches = len(dataloader)
+    except TypeError:
+        return plan  # no length: the size of one pass is unknown
+    first = next(iter(dataloader), None)
+    if first is None:
+        plan.samples, plan.need = 0, 0.0
+        return plan
+    x = input_fn(first).to(device)
+    plan.per_sample = _frontier_bytes(snn, ann_gm, tunables, x) / max(x.shape[0], 1)
+    if isinstance(dataloader, (list, tuple)):
+        plan.samples = sum(input_fn(b).shape[0] for b in dataloader)
+    else:
+        plan.samples = plan.batches * x.shape[0]
+    plan.need = plan.per_sample * plan.samples
+    return plan
 
 
 def _why_not_carry(snn: SpikingModel, tunables: list[_Tunable]) -> str | None:
@@ -228,62 +234,19 @@ def _why_not_carry(snn: SpikingModel, tunables: list[_Tunable]) -> str | None:
     return None
 
 
-def _fit(snn, ann_gm, tunables, dataloader, input_fn, device, budget: float | None) -> tuple[str | None, list | None]:
-    """``(None, batches)`` when one pass of ``dataloader`` fits the cache budget, else ``(why, None)``.
-
-    The size comes from a dry run on the first batch, scaled by the number of samples.
-    """
-    first = next(iter(dataloader), None)
-    if first is None:
-        return None, []  # no batches: nothing to carry
-    x = input_fn(first).to(device)
-    per_sample = _frontier_bytes(snn, ann_gm, tunables, x) / max(x.shape[0], 1)
-    try:
-        n_batches = len(dataloader)
-    except TypeError:
-        return "the data loader has no length, so the size of one pass is unknown", None
-    if isinstance(dataloader, (list, tuple)):
-        samples = sum(input_fn(b).shape[0] for b in dataloader)
-    else:
-        samples = n_batches * x.shape[0]
-    need = per_sample * samples
-    what = "cache_budget"
-    if budget is None:
-        free = available_memory(device)
-        if free is None:
-            logger.warning(
-                "fine-tuning: the free memory of %s is unknown; the batches are cached without a limit", device
-            )
-            free = float("inf")
-        budget, what = DEFAULT_MEMORY_FRACTION * free, f"{DEFAULT_MEMORY_FRACTION:g} of the free memory of {device}"
-    if need > budget:
-        return (
-            f"the values carried from layer to layer would take about {need / 2**30:.3g} GiB for {n_batches} "
-            f"batches, more than the budget of {budget / 2**30:.3g} GiB ({what})",
-            None,
-        )
-    return None, list(dataloader)
-
-
-def _data_source(snn, ann_gm, tunables, dataloader, input_fn, device, measure_batches, progress, cache, cache_budget):
-    """The batches as a :class:`_Frontier` when allowed and when it fits, else :class:`_Resimulated`."""
-
-    def resimulated(loader):
-        return _Resimulated(snn, ann_gm, loader, input_fn, device, measure_batches, progress)
-
-    if cache is False or not tunables:
-        return resimulated(dataloader)
-    if cache is None and not isinstance(dataloader, (list, tuple)):
-        why = f"the data loader ({type(dataloader).__name__}) is not a list, and a new pass may bring other batches"
-        why += "; pass a list of batches, or cache=True to hold one pass"
-    else:
-        why = _why_not_carry(snn, tunables)
-        if why is None:
-            why, batches = _fit(snn, ann_gm, tunables, dataloader, input_fn, device, cache_budget)
-    if why is not None:
-        logger.warning(
-            "layer-wise fine-tuning simulates the SNN from the input for every layer (quadratic cost): %s", why
-        )
-        return resimulated(dataloader)
-    inputs = [input_fn(batch).to(device) for batch in batches]
-    return _Frontier(snn, ann_gm, tunables, inputs, measure_batches, progress)
+def _data_source(snn, ann_gm, tunables, dataloader, input_fn, device, measure_batches, progress, cache: str,
+                 cache_budget, cache_dir, ranks: Ranks):  # fmt: skip
+    """The batches, carried (a :class:`_Frontier`, in memory or on disk) or recomputed for every
+    layer (:class:`_Resimulated`), as :func:`.plan.choose` decides; and the plan."""
+    if not tunables:
+        return _Resimulated(snn, ann_gm, dataloader, input_fn, device, measure_batches, progress), None
+    why_not = _why_not_carry(snn, tunables)
+    plan = _estimate(snn, ann_gm, tunables, dataloader, input_fn, device) if why_not is None else CachePlan("off", "")
+    plan = choose(cache, why_not, plan, device, cache_budget, cache_dir, ranks)
+    if plan.batches is not None:
+        ranks.same_count(plan.batches, "fine-tuning batches")
+    if plan.mode == "off":
+        return _Resimulated(snn, ann_gm, dataloader, input_fn, device, measure_batches, progress), plan
+    store = _OnDisk(cache_dir, ann_gm, device, plan.need or 0.0) if plan.mode == "disk" else None
+    inputs = (input_fn(batch).to(device) for batch in dataloader)
+    return _Frontier(snn, ann_gm, tunables, inputs, measure_batches, progress, store), plan

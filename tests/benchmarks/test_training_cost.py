@@ -1,5 +1,5 @@
 """python -m benchmarks.training_cost in a tiny configuration: the training steps of every model, and
-layer-wise fine-tuning carried and simulated from the input, with the same layer reports."""
+layer-wise fine-tuning carried in memory, on disk and recomputed, with the same layer reports."""
 
 import math
 
@@ -20,7 +20,7 @@ def test_training_steps_and_finetuning_timings(tmp_path):
     for (arch, _), r in steps.items():
         assert len(r["times_s"]) == 2 and math.isclose(r["vs_float"], r["median_s"] / steps[arch, "float"]["median_s"])
     tuning = {(r["arch"], r["cache"]): r for r in result["finetune"]}
-    assert set(tuning) == {(a, c) for a in ("vgg11", "resnet20") for c in (True, False)}
+    assert set(tuning) == {(a, c) for a in ("vgg11", "resnet20") for c in ("memory", "disk", "off")}
     for (arch, _), r in tuning.items():
         # every neuron layer but the first (constant input): VGG-11 has 8, ResNet-20 19
         assert r["layers"] == len(r["layer_s"]) == {"vgg11": 7, "resnet20": 18}[arch] and r["T"] == 3

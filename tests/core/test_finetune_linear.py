@@ -2,7 +2,7 @@
 
 With a fixed list of batches, ``layerwise_finetune`` keeps per batch the SNN values at the cut
 between tuned and untuned layers (and a paused ANN run) instead of simulating the SNN from the
-input for every layer. The results must be exactly those of simulating again (``cache=False``):
+input for every layer. The results must be exactly those of simulating again (``cache="off"``):
 the same LayerReports and the same tuned weights, on residual, concat and analog-skip graphs,
 with undone layers, validation, resume and several epochs; and it falls back, saying why, when
 the values would not fit the memory budget, when layers share weights or when the loader is not
@@ -27,7 +27,7 @@ from fastsnn.convert import trace
 from fastsnn.finetune import graph, sources
 from tests.helpers import randomize_bn
 
-FALLBACK = "simulates the SNN from the input for every layer"
+FALLBACK = "recomputed for every layer"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -153,7 +153,7 @@ def test_carried_values_give_exactly_the_results_of_simulating_again(name, optio
             return {**options, "validate": scripted([0.0] + [(i + 1) // 2 * (1 if i % 2 else -1) for i in range(n)])}
         return options
 
-    old, old_snn = tune(ann, snn, data, cache=False, **make(options))
+    old, old_snn = tune(ann, snn, data, cache="off", **make(options))
     with caplog.at_level(logging.WARNING, logger="fastsnn.finetune"):
         new, new_snn = tune(ann, snn, data, **make(options))
     assert not fallback_messages(caplog)  # the carried path was taken
@@ -188,14 +188,14 @@ def test_each_layer_costs_the_same_whatever_its_depth(depth):
     nodes = {n.target: n for n in snn.net.graph.nodes if n.op == "call_module"}
     convs = [graph._layer_graph(snn.net, nodes[layer.name]).modules[0] for layer in tunable]
     expected = 2 * epochs * len(data) + 2 * measure + len(data) + 1
-    for cache, check in ((None, lambda c: c == expected), (False, lambda c: c > expected)):
+    for cache, check in (("auto", lambda c: c == expected), ("off", lambda c: c > expected)):
         tuned = copy.deepcopy(snn)
         tuned_convs = [tuned.net.get_submodule(n) for n, m in snn.net.named_modules() if any(m is c for c in convs)]
         counter = CallCounter(tuned_convs)
         fastsnn.layerwise_finetune(ann, tuned, data, epochs_per_layer=epochs, measure_batches=measure, cache=cache)
         counts = [counter[c] for c in tuned_convs]
         assert check(counts[0]), (cache, counts)
-        if cache is None:  # the last layer's spikes feed no later layer: no move past it
+        if cache == "auto":  # the last layer's spikes feed no later layer: no move past it
             assert counts == [expected] * (len(counts) - 1) + [expected - len(data) - 1]
 
 
@@ -221,7 +221,7 @@ def test_over_the_memory_budget_it_simulates_again_and_says_why(caplog):
     tunables = graph._tunable_layers(snn)
     per_batch = sources._frontier_bytes(snn, trace(ann), tunables, data[0][0])
     need = per_batch * len(data)
-    old, old_snn = tune(ann, snn, data, cache=False)
+    old, old_snn = tune(ann, snn, data, cache="off")
     with caplog.at_level(logging.WARNING, logger="fastsnn.finetune"):
         fits, fits_snn = tune(ann, snn, data, cache_budget=need)
     assert not fallback_messages(caplog)
@@ -247,7 +247,7 @@ def test_spike_trains_are_carried_as_int8():
 def test_shared_weights_are_simulated_again(caplog):
     ann, snn = converted(Shared)
     data = batches()
-    old, old_snn = tune(ann, snn, data, cache=False)
+    old, old_snn = tune(ann, snn, data, cache="off")
     with caplog.at_level(logging.WARNING, logger="fastsnn.finetune"):
         new, new_snn = tune(ann, snn, data)
     (message,) = fallback_messages(caplog)
@@ -255,23 +255,21 @@ def test_shared_weights_are_simulated_again(caplog):
     assert new == old and same_weights(new_snn, old_snn)
 
 
-def test_a_loader_is_simulated_again_unless_cache_is_true(caplog):
+def test_one_pass_of_a_loader_is_held_like_a_list_and_cache_off_takes_fresh_passes(caplog):
     ann, snn = converted(Residual)
     data = batches()
     loader = DataLoader(
         TensorDataset(torch.cat([x for x, _ in data]), torch.cat([y for _, y in data])), batch_size=len(data[0][0])
     )
     listed, listed_snn = tune(ann, snn, data)
-    with caplog.at_level(logging.WARNING, logger="fastsnn.finetune"):
-        plain, plain_snn = tune(ann, snn, loader)
-    (message,) = fallback_messages(caplog)
-    assert "not a list" in message and "cache=True" in message
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="fastsnn.finetune"):
-        cached, cached_snn = tune(ann, snn, loader, cache=True)
-    assert not fallback_messages(caplog)
-    assert plain == cached == listed
-    assert same_weights(plain_snn, listed_snn) and same_weights(cached_snn, listed_snn)
+    with caplog.at_level(logging.INFO, logger="fastsnn.finetune"):
+        held, held_snn = tune(ann, snn, loader)
+        fresh, fresh_snn = tune(ann, snn, loader, cache="off")
+    plans = [r.getMessage() for r in caplog.records if "fine-tuning plan" in r.getMessage()]
+    assert len(plans) == 2 and "in memory" in plans[0] and FALLBACK in plans[1] and "cache='off'" in plans[1]
+    assert all(r.levelno == logging.INFO for r in caplog.records if "fine-tuning plan" in r.getMessage())
+    assert held == fresh == listed
+    assert same_weights(held_snn, listed_snn) and same_weights(fresh_snn, listed_snn)
 
 
 def test_streaming_and_chunked_models_are_tuned_on_their_multistep_graph():
@@ -310,7 +308,8 @@ def test_progress_and_on_layer_end_see_every_layer():
 
 def test_no_batches_gives_the_same_empty_measurements():
     ann, snn = converted(Residual)
-    assert tune(ann, snn, [])[0] == tune(ann, snn, [], cache=False)[0] == tune(ann, snn, iter([]), cache=True)[0]
+    empty = tune(ann, snn, [])[0]
+    assert empty == tune(ann, snn, [], cache="off")[0] == tune(ann, snn, iter([]), cache="memory")[0]
 
 
 class _CountingLoader:

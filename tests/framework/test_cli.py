@@ -33,12 +33,17 @@ def test_multirun_runs_one_job_per_value_and_survives_a_failing_job(tmp_path, ti
     assert "timesteps=5 is not 2**b - 1" in proc.stderr + proc.stdout
 
 
-def test_two_process_ddp_trains_converts_and_finetunes(tmp_path, tiny):
+def test_two_process_ddp_trains_converts_and_finetunes_with_the_carried_values_on_disk(tmp_path, tiny):
     out = tmp_path / "ddp"
-    proc = _run(tmp_path, *tiny, "trainer=ddp_cpu", "trainer.enable_progress_bar=false", f"hydra.run.dir={out}")
+    args = "trainer=ddp_cpu", "finetune.cache=disk", "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"
+    proc = _run(tmp_path, *tiny, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["snn_finetuned"] is not None and len(results["snn_per_step"]) == 3
+    assert results["finetune_world_size"] == 2  # both processes fine-tuned, each on its shard
+    log = proc.stderr + proc.stdout + (out / "run.log").read_text()
+    assert "2 process(es); carried values" in log and ": on disk (" in log and str(out / "finetune_cache") in log
+    assert not [f for f in (out / "finetune_cache").rglob("*") if f.is_file()]  # the files are removed at the end
     assert "world_size: 2" in proc.stderr + proc.stdout or "distributed_backend=gloo" in proc.stderr + proc.stdout
 
 

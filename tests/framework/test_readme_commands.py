@@ -38,7 +38,12 @@ NOT_RUN = {
         "tests/framework/test_configs.py::test_sweeper_and_slurm_launcher_configs_compose"
     ),
     "python run.py trainer=ddp_cpu": (
-        "the same 2-process DDP run is tests/framework/test_cli.py::test_two_process_ddp_trains_converts_and_finetunes"
+        "the same 2-process DDP run is tests/framework/test_cli.py::"
+        "test_two_process_ddp_trains_converts_and_finetunes_with_the_carried_values_on_disk"
+    ),
+    "python run.py trainer=ddp_cpu finetune.cache=disk": (
+        "the same 2-process DDP run is tests/framework/test_cli.py::"
+        "test_two_process_ddp_trains_converts_and_finetunes_with_the_carried_values_on_disk"
     ),
 }
 CPU_TRAINER = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.strategy=auto", "trainer.precision=32-true"]
