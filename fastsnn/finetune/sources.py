@@ -176,18 +176,24 @@ class _Frontier:
         return total
 
 
-def _frontier_bytes(snn, ann_gm, tunables: list[_Tunable], x: torch.Tensor) -> int:
-    """The most memory the frontier of the one batch ``x`` holds at any layer (its input included):
-    a dry run through all layers with the weights as they are."""
+def frontier_profile(snn, ann_gm, tunables: list[_Tunable], x: torch.Tensor) -> list[int]:
+    """Bytes the carried values of the one batch ``x`` take while each layer is tuned (at the
+    larger of its observation and its advance; the input not included): a dry run through all
+    layers with the weights as they are."""
     probe = _Frontier(snn, ann_gm, tunables, [x], 0, None)
-    peak = probe.nbytes()
+    sizes = []
     for t in tunables:
         with torch.no_grad():
             probe.batches[0].ann.value(probe.ann_nodes[t.source])
-        peak = max(peak, probe.nbytes())
+        peak = probe.nbytes()
         probe.advance(t)
-        peak = max(peak, probe.nbytes())
-    return peak + x.nbytes
+        sizes.append(max(peak, probe.nbytes()))
+    return sizes
+
+
+def _frontier_bytes(snn, ann_gm, tunables: list[_Tunable], x: torch.Tensor) -> int:
+    """The most memory the frontier of the one batch ``x`` holds at any layer (its input included)."""
+    return max(frontier_profile(snn, ann_gm, tunables, x), default=0) + x.nbytes
 
 
 def _estimate(snn, ann_gm, tunables, dataloader, input_fn, device) -> CachePlan:
