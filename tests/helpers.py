@@ -1,5 +1,6 @@
 """Small helpers shared by several test modules (import as ``from tests.helpers import ...``)."""
 
+import copy
 from pathlib import Path
 
 import torch
@@ -51,3 +52,39 @@ def run_script(main, argv: list[str]):
         return main(argv)
     finally:
         torch.set_num_threads(threads)
+
+
+class StageTask:
+    """What the fine-tuning stage reads of a SpikingTask: the ANN, a copy of the SNN, a validation
+    metric that never drops."""
+
+    eval_label = "snn"
+    device = torch.device("cpu")
+
+    def __init__(self, ann, snn):
+        self.net, self.snn = ann, copy.deepcopy(snn)
+
+    def to(self, device):
+        return self
+
+    def inputs(self, batch):
+        return batch[0]
+
+    def score(self, model, dataloader, max_batches=None):
+        return 0.0
+
+
+class StageData:
+    """What the fine-tuning stage reads of a data module: the batches, the first two for validation."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def setup(self, stage):
+        pass
+
+    def train_dataloader(self):
+        return self.batches
+
+    def val_dataloader(self):
+        return self.batches[:2]

@@ -22,6 +22,7 @@ import fastsnn
 from fastsnn.planner import kernels
 from tasks.finetune_stage import FineTuningStage
 from tests.core.test_finetune_linear import Residual, batches, converted, scripted
+from tests.helpers import StageData, StageTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,39 +82,6 @@ def disagreeing(rank, world, ann, snn, data):
     return snn.state_dict()
 
 
-class Task:
-    """What the stage reads of a SpikingTask."""
-
-    eval_label = "snn"
-    device = torch.device("cpu")
-
-    def __init__(self, ann, snn):
-        self.net, self.snn = ann, copy.deepcopy(snn)
-
-    def to(self, device):
-        return self
-
-    def inputs(self, batch):
-        return batch[0]
-
-    def score(self, model, dataloader, max_batches=None):
-        return 0.0  # a validation metric that never drops
-
-
-class Data:
-    def __init__(self, batches):
-        self.batches = batches
-
-    def setup(self, stage):
-        pass
-
-    def train_dataloader(self):
-        return self.batches
-
-    def val_dataloader(self):
-        return self.batches[:2]
-
-
 class Killed(Exception):
     pass
 
@@ -131,9 +99,9 @@ def staged(rank, world, ann, snn, data, checkpoint_dir, resume, kill_at):
             raise Killed
 
     stage._checkpoint = dying
-    task = Task(ann, snn)
+    task = StageTask(ann, snn)
     try:
-        stage.run(task, Data(shard(data, rank, world)))
+        stage.run(task, StageData(shard(data, rank, world)))
     except Killed:
         return None
     results = {}

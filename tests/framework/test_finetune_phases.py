@@ -6,8 +6,6 @@ stage killed inside the output phase resumes from its checkpoint and ends with t
 uninterrupted one; bad phases or keys are refused when the stage is made.
 """
 
-import copy
-
 import pytest
 import torch
 
@@ -15,41 +13,9 @@ import tasks.finetune_stage as stage_module
 from tasks.finetune_stage import FineTuningStage
 from tasks.pipeline import run
 from tests.core.test_finetune_linear import Residual, batches, converted, same_weights
+from tests.helpers import StageData, StageTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class Task:
-    """What the stage reads of a SpikingTask."""
-
-    eval_label = "snn"
-    device = torch.device("cpu")
-
-    def __init__(self, ann, snn):
-        self.net, self.snn = ann, copy.deepcopy(snn)
-
-    def to(self, device):
-        return self
-
-    def inputs(self, batch):
-        return batch[0]
-
-    def score(self, model, dataloader, max_batches=None):
-        return 0.0  # a validation metric that never drops
-
-
-class Data:
-    def __init__(self, batches):
-        self.batches = batches
-
-    def setup(self, stage):
-        pass
-
-    def train_dataloader(self):
-        return self.batches
-
-    def val_dataloader(self):
-        return self.batches[:1]
 
 
 OUTPUT = {"epochs": 2, "lr": 0.01, "checkpoint_every": 2}
@@ -62,8 +28,8 @@ def stage(tmp_path, **kwargs) -> FineTuningStage:
 
 def test_the_output_phase_runs_after_the_layers_and_its_time_is_recorded(tmp_path):
     ann, snn = converted(Residual)
-    task, data = Task(ann, snn), Data(batches(n=5))
-    layers_only = Task(ann, snn)
+    task, data = StageTask(ann, snn), StageData(batches(n=5))
+    layers_only = StageTask(ann, snn)
     s = stage(tmp_path / "both")
     reports = s.run(task, data)
     FineTuningStage(device="cpu", progress=False, measure_batches=2, lr=0.01).run(layers_only, data)
@@ -84,8 +50,8 @@ class Killed(Exception):
 @pytest.mark.parametrize("kill_at", [1, 3, 4], ids=["inside-epoch-1", "between-epochs", "inside-epoch-2"])
 def test_a_stage_killed_in_the_output_phase_resumes_where_it_was(tmp_path, monkeypatch, kill_at):
     ann, snn = converted(Residual)
-    data = Data(batches(n=5))
-    full = Task(ann, snn)
+    data = StageData(batches(n=5))
+    full = StageTask(ann, snn)
     stage(tmp_path / "full").run(full, data)
 
     saves, save = [], stage_module._atomic_save
@@ -98,9 +64,9 @@ def test_a_stage_killed_in_the_output_phase_resumes_where_it_was(tmp_path, monke
 
     monkeypatch.setattr(stage_module, "_atomic_save", dying_save)
     with pytest.raises(Killed):
-        stage(tmp_path / "killed").run(Task(ann, snn), data)
+        stage(tmp_path / "killed").run(StageTask(ann, snn), data)
     monkeypatch.setattr(stage_module, "_atomic_save", save)
-    resumed = Task(ann, snn)
+    resumed = StageTask(ann, snn)
     s = stage(tmp_path / "resumed", resume=str(tmp_path / "killed" / "finetune_last.pt"))
     s.run(resumed, data)
     assert "layerwise" not in s.times  # the layers were done: not tuned again
@@ -119,7 +85,7 @@ def test_the_output_phase_may_take_fewer_batches_than_the_layers(tmp_path):
 
     s = stage(tmp_path, limit_batches=4, output={**OUTPUT, "limit_batches": 2})
     s._progress = progress
-    s.run(Task(ann, snn), Data(batches(n=5)))
+    s.run(StageTask(ann, snn), StageData(batches(n=5)))
     assert {n for phase, n in seen if phase == "layer"} == {4} and [n for p, n in seen if p == "network"] == [2, 2]
 
 
