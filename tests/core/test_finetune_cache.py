@@ -7,6 +7,7 @@ with the path and the bytes needed; a write that fails half-way stops with the s
 
 import errno
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -115,3 +116,35 @@ def test_a_write_that_fails_names_the_file_and_the_bytes_needed(tmp_path, monkey
         )
     assert info.value.errno == errno.ENOSPC
     assert ended == [] and list(tmp_path.iterdir()) == []  # the first layer was not finished; no files left
+
+
+def test_the_stage_says_how_to_go_on_when_its_cache_cannot_be_written(tmp_path, monkeypatch):
+    from tasks.finetune_stage import FineTuningStage
+    from tests.helpers import StageData, StageTask
+
+    ann, snn = converted(Residual)
+    data = StageData(batches())
+    full_disk = {"writes": 0}
+    real_save = torch.save
+
+    def save(obj, path):  # the disk fills up while the third layer's values are written
+        full_disk["writes"] += 1
+        if full_disk["writes"] > 2 * len(data.batches):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, path)
+
+    monkeypatch.setattr(store, "torch", SimpleNamespace(**vars(torch) | {"save": save}))
+    kwargs = {"device": "cpu", "progress": False, "lr": 0.01, "cache": "disk", "cache_dir": str(tmp_path / "cache")}
+    stage = FineTuningStage(checkpoint_dir=str(tmp_path / "ckpt"), **kwargs)
+    with pytest.raises(
+        CacheWriteError, match="finetune.cache_dir or finetune.cache=off.*finetune.resume=.*finetune_last"
+    ):
+        stage.run(StageTask(ann, snn), data)
+    monkeypatch.setattr(store, "torch", torch)
+    last = tmp_path / "ckpt" / "finetune_last.pt"
+    assert torch.load(last, weights_only=True)["next_layer"] == 1  # the first layer was finished
+    resumed = StageTask(ann, snn)
+    FineTuningStage(resume=str(last), **kwargs).run(resumed, data)
+    uninterrupted = StageTask(ann, snn)
+    FineTuningStage(**kwargs).run(uninterrupted, data)
+    assert same_weights(resumed.snn, uninterrupted.snn)
