@@ -94,6 +94,8 @@ def choose(cache: str, why_not: str | None, plan: CachePlan, device, budget, cac
     (``why_not``) and the need against the memory budget and the free disk."""
     if cache not in MODES:
         raise ValueError(f"cache must be one of {list(MODES)}, got {cache!r}")
+    if cache == "disk" and cache_dir is None:
+        raise ValueError("cache='disk' needs cache_dir: the directory for the carried values' files")
     if cache == "off" or why_not is not None:
         plan.mode, plan.why, plan.warn = "off", "cache='off'" if cache == "off" else why_not, cache != "off"
         return plan

@@ -87,6 +87,14 @@ def test_a_cache_dir_that_cannot_be_written_stops_before_the_first_layer(tmp_pat
     assert ended == [] and all(torch.equal(v, tuned.state_dict()[k]) for k, v in before.items())
 
 
+def test_bad_cache_settings_are_refused_before_the_first_layer():
+    ann, snn = converted(Residual)
+    with pytest.raises(ValueError, match="cache must be one of"):
+        fastsnn.layerwise_finetune(ann, snn, batches(), cache=True)
+    with pytest.raises(ValueError, match="cache='disk' needs cache_dir"):
+        fastsnn.layerwise_finetune(ann, snn, batches(), cache="disk")
+
+
 def test_a_disk_without_room_stops_before_the_first_layer(tmp_path, monkeypatch):
     ann, snn = converted(Residual)
     monkeypatch.setattr(store.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 10})())
