@@ -5,4 +5,4 @@ Each takes the common options of :mod:`benchmarks.cli` and writes its result wit
 are not made here: they come from ``run.py`` runs.
 """
 
-BENCHMARKS = ("speed", "memory_large", "model_zoo", "auto_kernels", "training_cost")
+BENCHMARKS = ("speed", "memory_large", "model_zoo", "auto_kernels", "training_cost", "finetune_plan")
