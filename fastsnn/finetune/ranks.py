@@ -43,18 +43,17 @@ class Ranks:
 
     def sum(self, *values: float) -> list[float]:
         """Each value summed over the processes."""
-        if not self.enabled:
-            return list(values)
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.tolist()
+        return self._reduce(values, "SUM")
 
     def max(self, *values: float) -> list[float]:
         """Each value's maximum over the processes."""
+        return self._reduce(values, "MAX")
+
+    def _reduce(self, values: tuple[float, ...], op: str) -> list[float]:
         if not self.enabled:
             return list(values)
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
         return t.tolist()
 
     def first(self, flag: bool) -> bool:

@@ -69,13 +69,35 @@ class _Batch:
 class _InMemory(list):
     """The batches as objects; a batch changed in place is stored already."""
 
-    where = "in memory"
-
     def put(self, i: int, batch: _Batch) -> None:
         self[i] = batch
 
     def close(self) -> None:
         self.clear()
+
+
+def _own_directory(cache_dir: str | Path, need: float) -> tuple[Path, bool]:
+    """A new directory of this process's own inside ``cache_dir`` (made if absent: then the second
+    value is true); a clear error, naming the bytes needed, when it cannot be written."""
+    made = not Path(cache_dir).exists()
+    try:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="fastsnn-finetune-", dir=cache_dir)), made
+    except OSError as e:
+        raise CacheWriteError(
+            e.errno,
+            f"the fine-tuning cache directory {cache_dir} cannot be written ({e.strerror}); "
+            f"the carried values need about {need / 2**30:.3g} GiB there: choose another cache_dir",
+        ) from e
+
+
+def _remove_directory(root: Path, made_parent: bool) -> None:
+    shutil.rmtree(root, ignore_errors=True)
+    if made_parent:
+        try:
+            root.parent.rmdir()  # fails when something else was put there meanwhile
+        except OSError:
+            pass
 
 
 class _OnDisk:
@@ -86,17 +108,7 @@ class _OnDisk:
 
     def __init__(self, cache_dir: str | Path, ann_gm: fx.GraphModule, device: torch.device, need: float):
         self.ann_gm, self.device, self.need, self.n = ann_gm, device, need, 0
-        self.made = not Path(cache_dir).exists()  # then close() removes it too, if left empty
-        try:
-            Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            self.root = Path(tempfile.mkdtemp(prefix="fastsnn-finetune-", dir=cache_dir))
-        except OSError as e:
-            raise CacheWriteError(
-                e.errno,
-                f"the fine-tuning cache directory {cache_dir} cannot be written ({e.strerror}); "
-                f"the carried values need about {need / 2**30:.3g} GiB there: choose another cache_dir",
-            ) from e
-        self.where = f"on disk in {self.root}"
+        self.root, self.made = _own_directory(cache_dir, need)  # made: close() removes cache_dir too, if empty
 
     def __len__(self) -> int:
         return self.n
@@ -105,12 +117,15 @@ class _OnDisk:
         for i in range(self.n):
             yield self._read(i)
 
+    def _path(self, i: int) -> Path:
+        return self.root / f"batch_{i:07d}.pt"
+
     def append(self, batch: _Batch) -> None:
         self.n += 1
         self.put(self.n - 1, batch)
 
     def put(self, i: int, batch: _Batch) -> None:
-        path = self.root / f"batch_{i:07d}.pt"
+        path = self._path(i)
         state = {"ann": batch.ann.state(), "values": {k: s.state() for k, s in batch.values.items()}}
         try:
             torch.save(state, path)
@@ -125,23 +140,18 @@ class _OnDisk:
             ) from e
 
     def _read(self, i: int) -> _Batch:
-        state = torch.load(self.root / f"batch_{i:07d}.pt", map_location=self.device, weights_only=True)
+        state = torch.load(self._path(i), map_location=self.device, weights_only=True)
         values = {k: _Stored.restore(v) for k, v in state["values"].items()}
         return _Batch(_Cursor.restore(self.ann_gm, state["ann"]), values)
 
     def close(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
-        if self.made:
-            try:
-                self.root.parent.rmdir()  # fails when something else was put there meanwhile
-            except OSError:
-                pass
+        _remove_directory(self.root, self.made)
 
 
 def check_writable(cache_dir: str | Path, need: float) -> float:
     """The bytes free in ``cache_dir`` (made if absent); a clear error when it cannot be written."""
-    probe = _OnDisk(cache_dir, None, torch.device("cpu"), need)  # makes and removes a directory of its own
+    root, made = _own_directory(cache_dir, need)
     try:
-        return float(shutil.disk_usage(probe.root).free)
+        return float(shutil.disk_usage(root).free)
     finally:
-        probe.close()
+        _remove_directory(root, made)
