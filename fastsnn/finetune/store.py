@@ -79,16 +79,21 @@ class _InMemory(list):
 def _own_directory(cache_dir: str | Path, need: float) -> tuple[Path, bool]:
     """A new directory of this process's own inside ``cache_dir`` (made if absent: then the second
     value is true); a clear error, naming the bytes needed, when it cannot be written."""
-    made = not Path(cache_dir).exists()
-    try:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix="fastsnn-finetune-", dir=cache_dir)), made
-    except OSError as e:
-        raise CacheWriteError(
-            e.errno,
-            f"the fine-tuning cache directory {cache_dir} cannot be written ({e.strerror}); "
-            f"the carried values need about {need / 2**30:.3g} GiB there: choose another cache_dir",
-        ) from e
+    for _ in range(3):
+        made = not Path(cache_dir).exists()
+        try:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(prefix="fastsnn-finetune-", dir=cache_dir)), made
+        except FileNotFoundError as e:  # another process removed the cache_dir it had made, in between
+            error = e
+        except OSError as e:
+            error = e
+            break
+    raise CacheWriteError(
+        error.errno,
+        f"the fine-tuning cache directory {cache_dir} cannot be written ({error.strerror}); "
+        f"the carried values need about {need / 2**30:.3g} GiB there: choose another cache_dir",
+    ) from error
 
 
 def _remove_directory(root: Path, made_parent: bool) -> None:

@@ -156,3 +156,20 @@ def test_the_stage_says_how_to_go_on_when_its_cache_cannot_be_written(tmp_path, 
     uninterrupted = StageTask(ann, snn)
     FineTuningStage(**kwargs).run(uninterrupted, data)
     assert same_weights(resumed.snn, uninterrupted.snn)
+
+
+def test_a_cache_dir_removed_by_another_process_in_between_is_made_again(tmp_path, monkeypatch):
+    """Processes share cache_dir: one may remove the directory it made (its check done) between
+    another's mkdir and its own directory's creation."""
+    real_mkdtemp, calls = store.tempfile.mkdtemp, []
+
+    def racing_mkdtemp(**kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            (tmp_path / "cache").rmdir()  # the other process's cleanup
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+        return real_mkdtemp(**kwargs)
+
+    monkeypatch.setattr(store.tempfile, "mkdtemp", racing_mkdtemp)
+    root, made = store._own_directory(tmp_path / "cache", need=0)
+    assert root.parent == tmp_path / "cache" and root.is_dir() and made and len(calls) == 2
