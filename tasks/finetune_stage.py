@@ -186,6 +186,7 @@ class FineTuningStage:
         self.phases = [p for p in PHASES if p in self.phases]
         self.output = {**OUTPUT_DEFAULTS, **(output or {})}
         self.times: dict[str, float] = {}  # seconds per phase run by this process
+        self.gate_s = 0.0  # of which in the validation gate
         self.output_reports: list[NetworkReport] = []
 
     def run(self, module: SpikingTask, datamodule, loggers=()) -> list[LayerReport]:
@@ -220,8 +221,12 @@ class FineTuningStage:
         return reports
 
     def record(self, results: dict) -> None:
-        """The phases' seconds as ``time_s.finetune_<phase>`` and the output phase's epochs as ``finetune_output``."""
-        results.setdefault("time_s", {}).update({f"finetune_{p}": s for p, s in self.times.items()})
+        """The phases' seconds as ``time_s.finetune_<phase>`` (the validation gate's share of them as
+        ``time_s.finetune_gate``) and the output phase's epochs as ``finetune_output``."""
+        times = results.setdefault("time_s", {})
+        times.update({f"finetune_{p}": s for p, s in self.times.items()})
+        if self.validate:
+            times["finetune_gate"] = self.gate_s
         results["finetune_world_size"] = self.world_size
         if "output" in self.phases:
             results["finetune_output"] = [vars(r) for r in self.output_reports]
@@ -236,8 +241,12 @@ class FineTuningStage:
         if self.validate:
 
             def validate(snn):  # each process scores its share; the metrics sum them over the processes
+                start = time.perf_counter()
                 shard = _Shard(datamodule.val_dataloader(), self.limit_val_batches, self.rank, self.world_size)
-                return module.score(snn, shard)
+                try:
+                    return module.score(snn, shard)
+                finally:
+                    self.gate_s += time.perf_counter() - start
 
         loader = _Limited(datamodule.train_dataloader(), self.limit_batches)
         n_layers = sum(not layer.constant_input for layer in module.snn.layers)

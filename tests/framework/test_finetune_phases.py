@@ -1,7 +1,8 @@
 """The fine-tuning stage's phases: layer-wise, then the network-level output phase (docs/method.md §4.1).
 
 ``finetune.phases`` picks them; the output phase's settings are ``finetune.output.*``; each
-phase's time goes to results (``time_s.finetune_<phase>``, via ``FineTuningStage.record``); a
+phase's time goes to results (``time_s.finetune_<phase>``, the validation gate's share as
+``time_s.finetune_gate``, via ``FineTuningStage.record``); a
 stage killed inside the output phase resumes from its checkpoint and ends with the weights of an
 uninterrupted one; bad phases or keys are refused when the stage is made.
 """
@@ -37,7 +38,9 @@ def test_the_output_phase_runs_after_the_layers_and_its_time_is_recorded(tmp_pat
     assert not same_weights(task.snn, layers_only.snn)  # the output phase changed the weights further
     results = {"time_s": {"finetune": 1.0}}
     s.record(results)
-    assert results["time_s"].keys() == {"finetune", "finetune_layerwise", "finetune_output"}
+    times = results["time_s"]
+    assert times.keys() == {"finetune", "finetune_layerwise", "finetune_output", "finetune_gate"}
+    assert 0 < times["finetune_gate"] < times["finetune_layerwise"] + times["finetune_output"]
     assert [r["epoch"] for r in results["finetune_output"]] == [0, 1]
     state = torch.load(tmp_path / "both" / "finetune_last.pt", weights_only=True)
     assert state["next_layer"] == len(reports) and state["output"]["epoch"] == 2
