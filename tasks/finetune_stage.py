@@ -162,8 +162,9 @@ class FineTuningStage:
         output: dict | None = None,
         cache: str = "auto",
         cache_dir: str | None = None,
+        bias_correction: bool = False,
     ):
-        self.epochs_per_layer = epochs_per_layer
+        self.epochs_per_layer, self.bias_correction = epochs_per_layer, bias_correction
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.validate = validate
         self.keep_if_better = keep_if_better
@@ -284,6 +285,7 @@ class FineTuningStage:
             cache=self.cache,  # "auto": one pass of the (limited) loader carried in memory, on disk, or recomputed
             cache_dir=self.cache_dir,
             distributed=self.world_size > 1,
+            bias_correction=self.bias_correction,
         )
 
     def _network(self, module: SpikingTask, loader, validate, done: list, state: dict | None, loggers) -> None:

@@ -28,6 +28,7 @@ from torch import fx, nn
 from torch.nn import functional as F
 
 from ..convert import SpikingModel, trace
+from .bias import correct_bias
 from .graph import _eval_rates, _Tunable, _tunable_layers
 from .ranks import Ranks
 from .sources import Observation, _data_source
@@ -104,12 +105,15 @@ def _train(net: fx.GraphModule, t: _Tunable, data, epochs: int, sgd: dict, ranks
     return loss_sum / max(steps, 1)
 
 
-def _tune_layer(net: fx.GraphModule, t: _Tunable, data, epochs: int, sgd: dict, judge: _Judge) -> LayerReport:
-    """Measure, train, measure again; undo the update when the judge says so."""
+def _tune_layer(net: fx.GraphModule, t: _Tunable, data, epochs: int, sgd: dict, judge: _Judge,
+                bias_correction: bool = False) -> LayerReport:  # fmt: skip
+    """Measure, train (and correct the bias), measure again; undo the update when the judge says so."""
     saved = [p.detach().clone() for p in t.params]
     ranks = judge.ranks
     mse_before = _mse(data.measured(t), ranks)
-    loss = _train(net, t, data, epochs, sgd, ranks)
+    loss = _train(net, t, data, epochs, sgd, ranks) if epochs else float("nan")
+    if bias_correction:
+        correct_bias(net, t, data, ranks)
     report = LayerReport(t.index, t.layer.name, t.layer.path, mse_before, _mse(data.measured(t), ranks), loss)
     judge(report, report.mse_before, report.mse_after)
     if not report.kept:
@@ -141,6 +145,7 @@ def layerwise_finetune(
     cache_budget: float | None = None,
     cache_dir: str | None = None,
     distributed: bool = False,
+    bias_correction: bool = False,
 ) -> list[LayerReport]:
     """Fine-tune ``snn`` (converted from ``qmodel``) layer by layer, in place (docs/method.md §4).
 
@@ -178,6 +183,9 @@ def layerwise_finetune(
             of the batches (the same number of batches each): gradients are averaged every step,
             measurements summed, keep / undo decisions taken alike (:mod:`.ranks`); all
             processes end with the same weights.
+        bias_correction: after a layer's epochs, add its mean error per channel on the
+            measurement batches to its bias (:mod:`.bias`, §4.2); with ``epochs_per_layer=0``
+            that is all a layer gets (a calibration without gradients: a few batches suffice).
 
     Returns one :class:`LayerReport` per tuned layer (the first layers, fed by the analog
     input, are exact and are skipped, as is the analog output layer, which has no neuron).
@@ -200,7 +208,7 @@ def layerwise_finetune(
         for t in tunables[:start_layer]:
             data.advance(t)  # resume: carry the batches through the layers tuned before
         for t in tunables[start_layer:]:
-            report = _tune_layer(snn.net, t, data, epochs_per_layer, sgd, judge)
+            report = _tune_layer(snn.net, t, data, epochs_per_layer, sgd, judge, bias_correction)
             data.advance(t)
             reports.append(report)
             if on_layer_end is not None:

@@ -15,7 +15,7 @@ import errno
 import logging
 from dataclasses import dataclass
 
-from ..planner.machine import DEFAULT_MEMORY_FRACTION, available_memory
+from ..planner.machine import budget_bytes
 from .ranks import Ranks
 from .store import CacheWriteError, check_writable
 
@@ -67,10 +67,8 @@ def _size(n: float | None) -> str:
 def _memory_budget(device, budget: float | None) -> tuple[float, str]:
     if budget is not None:
         return budget, "cache_budget"
-    free = available_memory(device)
-    if free is None:
-        return float("inf"), f"the free memory of {device} is unknown"
-    return DEFAULT_MEMORY_FRACTION * free, f"{DEFAULT_MEMORY_FRACTION:g} of the free memory of {device}"
+    free, what = budget_bytes(None, device)  # the simulation planner's default budget
+    return float("inf") if free is None else free, what
 
 
 def _free_disk(cache_dir, need: float, ranks: Ranks) -> float:
