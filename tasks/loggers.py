@@ -8,6 +8,7 @@ them across runs and groups (docs/wandb.md).
 
 from __future__ import annotations
 
+import csv
 import logging
 import netrc
 import os
@@ -16,6 +17,9 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch import loggers as pl_loggers
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf
 
 from tasks.results import PEER_LABELS, SNN_LABELS
@@ -56,6 +60,43 @@ def wandb_credentials_present() -> bool:
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
     return any("wandb" in host for host in auth.hosts)
+
+
+class _SharedFileWriter(ExperimentWriter):
+    """Lightning's CSV writer, for a file that other processes write too: each process of a
+    spawn strategy (``trainer=ddp_cpu``) starts from a copy of the run's logger, so its own list
+    of columns misses what an earlier stage's processes wrote: Lightning's writer deletes the
+    file when it starts, or fails to rewrite it. This one keeps the file (an earlier stage's rows,
+    or an earlier run's in the same directory) and takes in its columns before each write."""
+
+    def _check_log_dir_exists(self) -> None:
+        """Nothing is deleted."""
+
+    def _record_new_keys(self) -> set[str]:
+        on_file = self._header()
+        new = super()._record_new_keys()
+        if not on_file:
+            return new
+        self.metrics_keys = sorted(set(self.metrics_keys) | set(on_file))
+        return set(self.metrics_keys) - set(on_file)  # non-empty: the file is rewritten with them
+
+    def _header(self) -> list[str]:
+        if not self._fs.isfile(self.metrics_file_path):
+            return []
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            return next(csv.reader(file), [])
+
+
+class CSVLogger(pl_loggers.CSVLogger):
+    """Lightning's CSV logger whose file survives the stages of a spawn strategy (``_SharedFileWriter``)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _SharedFileWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def make_loggers(cfg: DictConfig) -> list:

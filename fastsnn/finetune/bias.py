@@ -46,7 +46,9 @@ def correct_bias(net: fx.GraphModule, t: _Tunable, data, ranks: Ranks) -> bool:
         if bias is None:
             bias = _unit_bias(net, t, feeds)
             if bias is None:
-                logger.info("bias correction: %s has no bias that reaches its neuron one for one; skipped", t.layer.path)
+                logger.info(
+                    "bias correction: %s has no bias that reaches its neuron one for one; skipped", t.layer.path
+                )
                 return False
         dims = [d for d in range(target.dim()) if d != 1]  # all but the channels
         active = (target != 0) | (r_out != 0)  # where the two are silent, a shift changes nothing

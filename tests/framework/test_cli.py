@@ -35,7 +35,8 @@ def test_multirun_runs_one_job_per_value_and_survives_a_failing_job(tmp_path, ti
 
 def test_two_process_ddp_trains_converts_and_finetunes_with_the_carried_values_on_disk(tmp_path, tiny):
     out = tmp_path / "ddp"
-    args = "trainer=ddp_cpu", "finetune.cache=disk", "trainer.enable_progress_bar=false", f"hydra.run.dir={out}"
+    args = "trainer=ddp_cpu", "finetune.cache=disk", "trainer.enable_progress_bar=false", "logger=csv"
+    args = *args, f"hydra.run.dir={out}"
     proc = _run(tmp_path, *tiny, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -45,6 +46,8 @@ def test_two_process_ddp_trains_converts_and_finetunes_with_the_carried_values_o
     assert "2 process(es); carried values" in log and ": on disk (" in log and str(out / "finetune_cache") in log
     assert not [f for f in (out / "finetune_cache").rglob("*") if f.is_file()]  # the files are removed at the end
     assert "world_size: 2" in proc.stderr + proc.stdout or "distributed_backend=gloo" in proc.stderr + proc.stdout
+    header = (out / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")  # every stage's processes wrote it
+    assert {"ann/test_acc", "snn/test_acc", "snn_finetuned/test_acc"} <= set(header)
 
 
 def test_user_errors_exit_with_a_message_not_a_traceback(tmp_path, tiny):
