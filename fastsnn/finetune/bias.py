@@ -4,8 +4,9 @@ The mean of a layer's error, per channel, is the part of its error that a consta
 current removes: a bias ``b`` added to the neuron's input at every step raises its potential by
 ``b`` per step, so its output rate by ``b`` wherever it neither stays silent nor saturates. The
 correction adds ``mean(target - r_out)`` per channel, over the places where either is non-zero
-(where both are silent a shift changes nothing: counting them would dilute it), to the one bias of the layer's synaptic part that reaches the neuron with a gain of one (a conv's
-or a linear layer's bias with batch norm folded in, or a batch norm's shift).
+(where both are silent a shift changes nothing: counting them would dilute it), to the one bias
+of the layer's synaptic part that reaches the neuron with a gain of one (a conv's or a linear
+layer's bias with batch norm folded in, or a batch norm's shift).
 """
 
 from __future__ import annotations

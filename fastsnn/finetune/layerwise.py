@@ -49,7 +49,7 @@ class LayerReport:
     path: str  # the ANN module path of its activation
     mse_before: float
     mse_after: float  # after the tuning attempt; when not kept the layer is back at mse_before
-    train_loss: float
+    train_loss: float  # NaN without epochs (bias correction alone)
     kept: bool = True
     score: float | None = None  # validate(snn) after this layer, when a validate callable is given
 
@@ -105,8 +105,9 @@ def _train(net: fx.GraphModule, t: _Tunable, data, epochs: int, sgd: dict, ranks
     return loss_sum / max(steps, 1)
 
 
-def _tune_layer(net: fx.GraphModule, t: _Tunable, data, epochs: int, sgd: dict, judge: _Judge,
-                bias_correction: bool = False) -> LayerReport:  # fmt: skip
+def _tune_layer(
+    net: fx.GraphModule, t: _Tunable, data, epochs: int, sgd: dict, judge: _Judge, bias_correction: bool = False
+) -> LayerReport:
     """Measure, train (and correct the bias), measure again; undo the update when the judge says so."""
     saved = [p.detach().clone() for p in t.params]
     ranks = judge.ranks
