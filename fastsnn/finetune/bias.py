@@ -39,24 +39,19 @@ def _unit_bias(net: fx.GraphModule, t: _Tunable, feeds: dict[str, torch.Tensor])
 
 
 @torch.no_grad()
-def correct_bias(net: fx.GraphModule, t: _Tunable, data, ranks: Ranks) -> bool:
+def correct_bias(net: fx.GraphModule, t: _Tunable, data, ranks: Ranks) -> None:
     """Shift layer ``t``'s bias by its mean error per channel over ``data.measured(t)``, summed
-    over the processes; false (with a log line) when the layer has no such bias."""
+    over the processes; a log line instead when the layer has no such bias."""
     total, bias = None, None
     for target, feeds, r_out in data.measured(t):
+        bias = bias if bias is not None else _unit_bias(net, t, feeds)  # found on the first batch
         if bias is None:
-            bias = _unit_bias(net, t, feeds)
-            if bias is None:
-                logger.info(
-                    "bias correction: %s has no bias that reaches its neuron one for one; skipped", t.layer.path
-                )
-                return False
+            logger.info("bias correction: %s has no bias that reaches its neuron one for one; skipped", t.layer.path)
+            return
         dims = [d for d in range(target.dim()) if d != 1]  # all but the channels
         active = (target != 0) | (r_out != 0)  # where the two are silent, a shift changes nothing
         error = torch.stack([(target - r_out).double().sum(dims), active.double().sum(dims)])
         total = error if total is None else total + error
-    if bias is None:
-        return False
-    error, count = torch.tensor(ranks.sum(*total.flatten().tolist()), dtype=torch.float64).view(2, -1)
-    bias.add_((error / count.clamp(min=1)).to(bias))
-    return True
+    if total is not None:
+        error, count = torch.tensor(ranks.sum(*total.flatten().tolist()), dtype=torch.float64).view(2, -1)
+        bias.add_((error / count.clamp(min=1)).to(bias))
